@@ -1,0 +1,85 @@
+"""The one image preprocessing path shared by ingest, evaluation and serving.
+
+Train/serve skew is designed out by having every consumer call these functions: `load_image` turns any
+accepted source into an RGB PIL image, `preprocess_image` resizes it to the model's resolution as uint8
+(the form stored in shards), `split_image` makes the high-resolution crops + overview, and
+`to_pixel_values` normalizes uint8 arrays into the float tensor the vision tower takes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# CLIP's normalization constants: the default for every vision tower we build or load.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageDecodeError(ValueError):
+    """Bytes or a file that cannot be decoded as an image (truncated, not an image, missing)."""
+
+
+def load_image(source: bytes | str | Path | Image.Image | np.ndarray) -> Image.Image:
+    """Decode `source` (encoded bytes, a local path, a PIL image or an HxWx3 uint8 array) to RGB."""
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, np.ndarray):
+        image = Image.fromarray(source.astype(np.uint8))
+    else:
+        try:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                image = Image.open(io.BytesIO(bytes(source)))
+            else:
+                image = Image.open(Path(source))
+            image.load()  # force a full decode so truncated files fail here, not later
+        except FileNotFoundError as exc:
+            raise ImageDecodeError(f"image file not found: {source}") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def preprocess_image(source: bytes | str | Path | Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """Decode and resize to `size` x `size`; returns uint8 [size, size, 3]."""
+    image = load_image(source)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def split_image(source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int) -> list[np.ndarray]:
+    """MM1's sub-image decomposition: `grid` x `grid` crops (row-major) then a downscaled overview.
+
+    The image is first resized to (grid*size)^2, so every crop is `size` x `size`. grid=1 returns the
+    overview alone, i.e. the same as `preprocess_image`.
+    """
+    image = load_image(source)
+    if grid <= 1:
+        return [preprocess_image(image, size)]
+    big = image.resize((grid * size, grid * size), Image.Resampling.BICUBIC)
+    crops = [
+        np.asarray(big.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)), dtype=np.uint8)
+        for r in range(grid)
+        for c in range(grid)
+    ]
+    return crops + [preprocess_image(image, size)]
+
+
+def to_pixel_values(
+    arrays: list[np.ndarray] | np.ndarray,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
+) -> torch.Tensor:
+    """uint8 [N, H, W, 3] (or a list of [H, W, 3]) -> normalized float32 [N, 3, H, W]."""
+    stacked = np.stack(list(arrays)) if isinstance(arrays, list) else arrays
+    if stacked.size == 0:
+        return torch.zeros(0, 3, 1, 1)
+    pixels = torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
