@@ -124,7 +124,9 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, turns: Sequence[dict], ima
     """A generation prompt: the conversation so far, then the assistant header; the model continues."""
     encoded = encode_conversation(tokenizer, turns, image_tokens)
     header = _turn_header(tokenizer, ASSISTANT)
-    return Encoded(encoded.input_ids + header, encoded.labels + [IGNORE_INDEX] * len(header), encoded.num_images)
+    return Encoded(
+        encoded.input_ids + header, encoded.labels + [IGNORE_INDEX] * len(header), encoded.num_images
+    )
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

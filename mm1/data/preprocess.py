@@ -52,7 +52,9 @@ def preprocess_image(source: bytes | str | Path | Image.Image | np.ndarray, size
     return np.asarray(image, dtype=np.uint8)
 
 
-def split_image(source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int) -> list[np.ndarray]:
+def split_image(
+    source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int
+) -> list[np.ndarray]:
     """MM1's sub-image decomposition: `grid` x `grid` crops (row-major) then a downscaled overview.
 
     The image is first resized to (grid*size)^2, so every crop is `size` x `size`. grid=1 returns the
