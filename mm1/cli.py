@@ -1,0 +1,221 @@
+"""`mm1 validate | run | submit | status | logs | render | serve | chat | model-info | data`.
+
+User mistakes (a bad workflow file, a missing run folder) print one clear line on stderr and exit 2; only
+genuine bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mm1.config import ConfigError, Workflow, load
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+def _load(args: argparse.Namespace) -> Workflow:
+    return load(args.workflow, args.overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    wf = _load(args)
+    from mm1.workflow.sweep import candidates
+
+    cands = candidates(wf)
+    print(
+        f"{args.workflow}: OK — workflow '{wf.name}', {len(cands)} candidate(s), backend {wf.cluster.backend}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    wf = _load(args)
+    if wf.cluster.backend != "local" and not args.here:
+        raise UserError(
+            f"{args.workflow}: cluster.backend is '{wf.cluster.backend}': use `mm1 submit` "
+            "(or `mm1 run --here` to run it in this process anyway)"
+        )
+    from mm1.workflow.local import run_local, serve_forever
+
+    manifests = run_local(wf, from_step=args.from_step, until=args.until)
+    if wf.deploy.enabled and wf.deploy.keep_serving and "deploy" in manifests:
+        serve_forever()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if args.address or not (target.exists() or "://" in args.target):
+        from mm1.workflow.jobs import job_status
+
+        print(job_status(args.target, args.address))
+        return 0
+    from mm1.workflow.rundir import RunDir
+    from mm1.workflow.runner import step_states
+    from mm1.workflow.steps import STEP_NAMES
+
+    root, name = (str(target.parent), target.name) if "://" not in args.target else args.target.rsplit("/", 1)
+    rundir = RunDir(root, name)
+    if rundir.read_json("run.json") is None:
+        raise UserError(
+            f"{args.target}: not a run folder (no run.json); runs live under storage.root/<run name>"
+        )
+    print(f"run {rundir.uri}")
+    print(f"{'step':<10} {'status':<18} {'wall s':>8}  headline")
+    for row in step_states(rundir, STEP_NAMES):
+        wall = f"{row['duration_s']:.1f}" if row["duration_s"] is not None else "-"
+        headline = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["headline"].items()
+        )
+        print(f"{row['step']:<10} {row['status']:<18} {wall:>8}  {headline or row['error'] or ''}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    wf = _load(args)
+    if args.k8s:
+        from mm1.k8s.submit import submit_k8s
+
+        submit_k8s(wf, Path(args.workflow).read_text(), follow=not args.no_follow)
+        return 0
+    from mm1.workflow.jobs import submit_job
+
+    address = args.address or wf.cluster.address
+    if not address:
+        raise UserError("no cluster address: pass --address http://HOST:8265 or set cluster.address")
+    submit_job(wf, args.workflow, args.overrides, address, follow=not args.no_follow)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mm1.workflow.jobs import job_logs
+
+    job_logs(args.job, args.address, follow=args.follow)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    wf = _load(args)
+    from mm1.k8s.render import dump_all, render_job
+
+    print(dump_all(render_job(wf, Path(args.workflow).read_text())))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.deploy import serve_checkpoint
+
+    serve_checkpoint(args.checkpoint, host=args.host, port=args.port, name=args.name)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from services.client import chat
+
+    print(chat(args.question, images=args.image, url=args.url, model=args.model, stream=args.stream))
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from mm1.model.info import format_model_info
+
+    print(format_model_info(args.preset))
+    return 0
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    from mm1.data.shapes_cli import shapes_command
+
+    shapes_command(args.out, seed=args.seed, scale=args.scale)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm1", description="Train, evaluate and serve MM1 models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_workflow(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("workflow", help="workflow YAML file")
+        p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, e.g. pretrain.steps=50")
+        return p
+
+    with_workflow(sub.add_parser("validate", help="check a workflow file")).set_defaults(func=cmd_validate)
+    run = with_workflow(sub.add_parser("run", help="run a workflow here (embedded Ray)"))
+    run.add_argument("--from", dest="from_step", help="force this step and every later one to run")
+    run.add_argument("--until", help="stop after this step")
+    run.add_argument("--here", action="store_true", help="run a non-local workflow in this process")
+    run.set_defaults(func=cmd_run)
+
+    submit = with_workflow(sub.add_parser("submit", help="run a workflow on a Ray cluster or Kubernetes"))
+    submit.add_argument("--address", help="Ray dashboard address, e.g. http://HOST:8265")
+    submit.add_argument("--k8s", action="store_true", help="submit as a KubeRay RayJob")
+    submit.add_argument("--no-follow", action="store_true", help="return once submitted")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="a run folder's steps, or a Ray job's state")
+    status.add_argument("target", help="run folder (storage.root/NAME) or a job id with --address")
+    status.add_argument("--address", help="Ray dashboard address for a job id")
+    status.set_defaults(func=cmd_status)
+
+    logs = sub.add_parser("logs", help="a submitted job's logs")
+    logs.add_argument("job")
+    logs.add_argument("--address", required=True)
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+
+    render = sub.add_parser("render", help="print Kubernetes manifests for a workflow")
+    render_sub = render.add_subparsers(dest="target", required=True)
+    with_workflow(render_sub.add_parser("k8s", help="ConfigMap + RayJob")).set_defaults(func=cmd_render)
+
+    serve = sub.add_parser("serve", help="serve a checkpoint behind the OpenAI-compatible API")
+    serve.add_argument("checkpoint")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--name", default="mm1", help="model name in /v1/models")
+    serve.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="ask the endpoint a question, optionally about images")
+    chat.add_argument("question")
+    chat.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    chat.add_argument("--url", default="http://127.0.0.1:8000/v1")
+    chat.add_argument("--model", default=None)
+    chat.add_argument("--stream", action="store_true")
+    chat.set_defaults(func=cmd_chat)
+
+    info = sub.add_parser("model-info", help="parameters, image tokens and FLOPs of a preset")
+    info.add_argument("preset")
+    info.set_defaults(func=cmd_model_info)
+
+    data = sub.add_parser("data", help="corpus tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    shapes = data_sub.add_parser("shapes", help="write the Shapes corpus in the real formats")
+    shapes.add_argument("--out", required=True)
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--scale", type=float, default=1.0, help="multiply the default corpus sizes")
+    shapes.set_defaults(func=cmd_data_shapes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

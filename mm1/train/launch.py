@@ -1,0 +1,108 @@
+"""Launches one training stage of one candidate as a Ray Train run (TorchTrainer, Train V2).
+
+The run's name and storage path identify it: calling `fit_stage` again with the same ones resumes from the
+last checkpoint (Ray Train hands it to the loop through `ray.train.get_checkpoint()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from mm1.config import TrainConfig
+from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR
+from mm1.train.loop import train_loop_per_worker
+
+_CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+@dataclass
+class StageOutcome:
+    run_path: str  # the Ray Train run folder (storage_path/name)
+    checkpoints: list[dict[str, Any]]  # [{"step": int, "uri": model folder}], oldest first
+    history: list[dict[str, Any]]  # metric rows of the last checkpoint
+
+
+def fit_stage(
+    *,
+    stage_name: str,
+    stage: TrainConfig,
+    label: str,
+    run_name: str,
+    storage_path: str,
+    dataset: Any,
+    model_cfg: dict[str, Any],
+    tokenizer_dir: str,
+    seq_len: int,
+    init_checkpoint: str | None = None,
+    metrics_path: str | None = None,
+) -> StageOutcome:
+    stage_dict = dataclasses.asdict(stage)
+    loop_config = {
+        "stage": stage_name,
+        "stage_cfg": stage_dict,
+        "label": label,
+        "model": model_cfg,
+        "tokenizer_dir": tokenizer_dir,
+        "init_checkpoint": init_checkpoint,
+        "seq_len": seq_len,
+        "metrics_path": metrics_path,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=stage.num_workers,
+            use_gpu=stage.use_gpu,
+            resources_per_worker={"CPU": stage.cpus_per_worker, **({"GPU": 1} if stage.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=stage.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+    )
+    trainer.fit()
+    return collect_outcome(storage_path, run_name)
+
+
+def collect_outcome(storage_path: str, run_name: str) -> StageOutcome:
+    """Read the run's checkpoints from storage (local or remote) rather than trusting in-memory results."""
+    fs, base = (
+        pafs.FileSystem.from_uri(storage_path)
+        if "://" in storage_path
+        else (pafs.LocalFileSystem(), storage_path)
+    )
+    run_path = f"{base.rstrip('/')}/{run_name}"
+    infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    found = []
+    for info in infos:
+        match = _CHECKPOINT_DIR.search(info.base_name)
+        if info.type == pafs.FileType.Directory and match:
+            found.append((int(match.group(1)), info.path))
+    found.sort()
+    checkpoints = [{"step": step, "uri": _uri(storage_path, f"{path}/{MODEL_DIR}")} for step, path in found]
+    history: list[dict[str, Any]] = []
+    if found:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            with fs.open_input_stream(f"{found[-1][1]}/{METRICS_FILE}") as stream:
+                history = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
+    return StageOutcome(_uri(storage_path, run_path), checkpoints, history)
+
+
+def _uri(storage_path: str, path: str) -> str:
+    if "://" in storage_path:
+        scheme = storage_path.split("://", 1)[0]
+        return f"{scheme}://{path}"
+    return str(Path(path))

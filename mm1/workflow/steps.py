@@ -1,0 +1,213 @@
+"""The workflow's steps: ingest -> pretrain -> sft -> evaluate -> select -> deploy -> report.
+
+Each step is a function of (config, upstream manifests) that writes only under its own folder. Heavy modules
+are imported inside the steps so `mm1 validate` and `mm1 status` stay fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mm1.workflow.fingerprint import stable_hash
+from mm1.workflow.runner import Step, StepContext, StepResult
+from mm1.workflow.sweep import Candidate, candidates
+
+# Settings that do not change what a training run computes: changing them continues the same run.
+_CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures")
+
+
+def image_tokens_per_image(model_cfg: Any) -> int:
+    grid = model_cfg.image_grid
+    return model_cfg.connector.num_tokens * (grid * grid + 1 if grid > 1 else 1)
+
+
+# ------------------------------------------------------------------------------------------------ ingest
+
+
+def run_ingest(ctx: StepContext) -> StepResult:
+    from mm1.data.ingest import run_ingest as ingest
+
+    stats = ingest(ctx.wf, ctx.out)
+    headline = {k: stats[k] for k in ("records_kept", "records_dropped", "tokens", "images") if k in stats}
+    return StepResult(
+        outputs={
+            "pretrain": str(ctx.out / "pretrain"),
+            "sft": str(ctx.out / "sft"),
+            "tokenizer": str(ctx.out / "tokenizer"),
+            "stats": str(ctx.out / "stats.json"),
+        },
+        headline=headline,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _lineage(ctx: StepContext, stage_name: str, cand: Candidate, parent: str) -> str:
+    """Identity of a training run minus the settings a run can be continued under (e.g. more steps)."""
+    wf = cand.workflow
+    stage = {k: v for k, v in dataclasses.asdict(getattr(wf, stage_name)).items() if k not in _CONTINUABLE}
+    model = dataclasses.asdict(wf.model)
+    data = {"seq_len": wf.data.seq_len, "max_images": wf.data.max_images}
+    return stable_hash({"stage": stage, "model": model, "data": data, "parent": parent})[:10]
+
+
+def _train_candidates(
+    ctx: StepContext, stage_name: str, parents: dict[str, dict[str, Any]] | None
+) -> StepResult:
+    import ray
+
+    from mm1.data.loader import build_train_dataset
+    from mm1.train.launch import fit_stage
+
+    ingest = ctx.upstream["ingest"]
+    ingest_dir = ctx.rundir.fetch("ingest")
+    shard_dir = str(ingest_dir / ("pretrain" if stage_name == "pretrain" else "sft"))
+    tokenizer_dir = str(ingest_dir / "tokenizer")
+    storage = f"{ctx.rundir.step_uri(stage_name)}/ray"
+    cands = candidates(ctx.wf)
+    stage_cfg = getattr(ctx.wf, stage_name)
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
+    concurrent = max(1, min(len(cands), int(cpus // max(per_run, 1e-9))))
+    ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
+
+    def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
+        wf = cand.workflow
+        stage = getattr(wf, stage_name)
+        parent_entry = (parents or {}).get(cand.name)
+        parent_key = parent_entry["run_path"] if parent_entry else ingest["fingerprint"]
+        run_name = f"{cand.name}-{_lineage(ctx, stage_name, cand, parent_key)}"
+        dataset = build_train_dataset(
+            shard_dir,
+            image_size=wf.model.image_size,
+            image_grid=wf.model.image_grid,
+            image_tokens_per_image=image_tokens_per_image(wf.model),
+            seq_len=wf.data.seq_len,
+            max_images=wf.data.max_images,
+            seed=stage.seed,
+        )
+        metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
+        outcome = fit_stage(
+            stage_name=stage_name,
+            stage=stage,
+            label=f"{stage_name}:{cand.name}",
+            run_name=run_name,
+            storage_path=storage,
+            dataset=dataset,
+            model_cfg=dataclasses.asdict(wf.model),
+            tokenizer_dir=tokenizer_dir,
+            seq_len=wf.data.seq_len,
+            init_checkpoint=parent_entry["checkpoints"][-1]["uri"] if parent_entry else None,
+            metrics_path=str(metrics_path),
+        )
+        if not outcome.checkpoints or outcome.checkpoints[-1]["step"] != stage.steps:
+            raise RuntimeError(
+                f"{stage_name} of candidate '{cand.name}' ended without a checkpoint at step {stage.steps} "
+                f"(found: {[c['step'] for c in outcome.checkpoints]})"
+            )
+        # The checkpoint's history is authoritative: steps after the last checkpoint of a killed run are gone.
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in outcome.history))
+        return cand.name, {
+            "overrides": cand.overrides,
+            "run_path": outcome.run_path,
+            "checkpoints": outcome.checkpoints,
+            "metrics": str(metrics_path),
+            "final_loss": outcome.history[-1]["loss"] if outcome.history else None,
+            "mean_data_wait_fraction": _mean_tail(outcome.history, "data_wait_fraction"),
+            "tokens_per_s": _mean_tail(outcome.history, "tokens_per_s"),
+        }
+
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        results = dict(pool.map(train_one, cands))
+    best = min(
+        results.values(), key=lambda r: r["final_loss"] if r["final_loss"] is not None else float("inf")
+    )
+    headline = {"candidates": len(results), "best_final_loss": best["final_loss"]}
+    waits = [
+        r["mean_data_wait_fraction"] for r in results.values() if r["mean_data_wait_fraction"] is not None
+    ]
+    if waits:
+        headline["data_wait_fraction"] = max(waits)
+    return StepResult(outputs={"candidates": results}, headline=headline)
+
+
+def _mean_tail(history: list[dict[str, Any]], key: str) -> float | None:
+    """Mean over the second half of the run (steady state, after warm-up and first-batch latency)."""
+    values = [row[key] for row in history[len(history) // 2 :] if key in row]
+    return sum(values) / len(values) if values else None
+
+
+def run_pretrain(ctx: StepContext) -> StepResult:
+    return _train_candidates(ctx, "pretrain", parents=None)
+
+
+def run_sft(ctx: StepContext) -> StepResult:
+    parents = ctx.upstream["pretrain"]["outputs"]["candidates"]
+    if not ctx.wf.sft.enabled:
+        ctx.log("[sft] disabled: the pre-trained checkpoints go on to evaluation")
+        return StepResult(outputs={"candidates": parents}, headline={"skipped": "sft.enabled=false"})
+    return _train_candidates(ctx, "sft", parents=parents)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def run_evaluate(ctx: StepContext) -> StepResult:
+    from mm1.eval.evaluate import evaluate_candidates
+
+    trained = ctx.upstream["sft"]["outputs"]["candidates"]
+    pretrained = ctx.upstream["pretrain"]["outputs"]["candidates"]
+    results = evaluate_candidates(ctx.wf, trained, pretrained, ctx.out, log=ctx.log)
+    return StepResult(outputs=results["outputs"], headline=results["headline"])
+
+
+def run_select(ctx: StepContext) -> StepResult:
+    from mm1.eval.select import select_from_evaluation
+
+    winner = select_from_evaluation(ctx.wf, ctx.upstream["evaluate"]["outputs"], ctx.out)
+    return StepResult(
+        outputs={"winner": winner}, headline={"winner": winner["candidate"], **winner["headline"]}
+    )
+
+
+def run_deploy(ctx: StepContext) -> StepResult:
+    from services.deploy import deploy_winner
+
+    winner = ctx.upstream["select"]["outputs"]["winner"]
+    endpoint = deploy_winner(ctx.wf, winner, ctx.out, log=ctx.log)
+    return StepResult(outputs=endpoint, headline={"endpoint": endpoint.get("url", "")})
+
+
+def run_report(ctx: StepContext) -> StepResult:
+    from mm1.eval.report import write_report
+    from mm1.eval.summary import build_run_summary
+
+    summary = build_run_summary(ctx.wf, ctx.upstream)
+    page = write_report(ctx.out, summary)
+    return StepResult(outputs={"html": str(page)}, headline={"report": str(page)}, figures=[str(page)])
+
+
+def workflow_steps() -> list[Step]:
+    return [
+        Step("ingest", (), ("data",), run_ingest),
+        Step(
+            "pretrain",
+            ("ingest",),
+            ("model", "pretrain", "sweep", "data.seq_len", "data.max_images"),
+            run_pretrain,
+            reset_on_rerun=False,
+        ),
+        Step("sft", ("pretrain",), ("sft",), run_sft, reset_on_rerun=False),
+        Step("evaluate", ("sft",), ("evaluate",), run_evaluate),
+        Step("select", ("evaluate",), ("select",), run_select),
+        Step("deploy", ("select",), ("deploy",), run_deploy, always_run=True),
+        Step("report", ("select",), ("report",), run_report),
+    ]
+
+
+STEP_NAMES = [s.name for s in workflow_steps()]
