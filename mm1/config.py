@@ -311,7 +311,7 @@ def loads(text: str, source: str = "<workflow>", overrides: Sequence[str] = ()) 
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(
-            source, "", "the top level must be a mapping of sections (name, data, model, ...)", 1
+            source, "", "the top level must be a mapping of sections (name, data, model, ...)", lines.get("", 1)
         )
     overridden = apply_overrides(document, overrides, source)
     checker = SchemaChecker(source, lines, overridden)

@@ -43,6 +43,7 @@ def line_index(text: str) -> dict[str, int]:
 
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
+        lines[""] = root.start_mark.line + 1
         walk(root, "")
     return lines
 

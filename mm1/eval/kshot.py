@@ -1,0 +1,121 @@
+"""k-shot captioning prompts: k demonstration (image, caption) pairs, then the query image.
+
+Two prompt styles, both built by the shared template in `mm1.data.chat` (never a second template):
+- "document" (pre-trained checkpoints): the pre-training document form
+  `<s><image>caption<image>caption ... <image>`, built with `encode_document` minus its closing `</s>`; the
+  model continues with the query's caption and stops at `</s>` or when it starts another image.
+- "chat" (SFT checkpoints): one user turn `<image>\\n{instruction}` per image, the demonstrations' captions as
+  the assistant's answers, and the query's user turn last, built with `encode_prompt` (which ends with the
+  assistant header); the model stops at `<|end|>`.
+`style_for_stage` names the style a checkpoint gets and `KShotPrompt.style` records the one used, so the
+evaluation results and the report can say which it was.
+
+Demonstrations are drawn without replacement from a pool that never yields the query itself (same key).
+The draw depends only on (seed, query key): a given query gets the same demonstrations in every run, on
+every worker, in any order of evaluation (random.Random seeded by a string is stable across processes).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from mm1.data.chat import EOS, IMAGE, ImageSlot, encode_document, encode_prompt, stop_token_ids
+
+PromptStyle = Literal["document", "chat"]
+# The Shapes caption question (SHAPES.md); SFT checkpoints were taught to caption when asked this.
+CAPTION_INSTRUCTION = "describe the image."
+
+
+@dataclass(frozen=True)
+class Demo:
+    key: Hashable  # identifies the image: the query's own key is never drawn as a demonstration
+    image: Any  # anything mm1.data.preprocess.load_image accepts (path, bytes, array, PIL image)
+    caption: str
+
+
+@dataclass(frozen=True)
+class KShotPrompt:
+    style: PromptStyle
+    input_ids: list[int]
+    images: list[Any]  # one per <image> run in input_ids, in order: the demonstrations', then the query's
+    demos: list[Demo] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+def style_for_stage(stage: str) -> PromptStyle:
+    """Pre-trained checkpoints get the document prompt they were trained on; fine-tuned ones the chat prompt."""
+    if stage == "pretrain":
+        return "document"
+    if stage == "sft":
+        return "chat"
+    raise ValueError(f"unknown training stage {stage!r}: expected 'pretrain' or 'sft'")
+
+
+def draw_demos(pool: Sequence[Demo], k: int, seed: int, query_key: Hashable) -> list[Demo]:
+    """k distinct demonstrations from `pool`, never the query; deterministic for (seed, query_key)."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    candidates = [d for d in pool if d.key != query_key]
+    if k > len(candidates):
+        raise ValueError(
+            f"k={k} demonstrations requested but the pool holds only {len(candidates)} besides the query "
+            f"{query_key!r}"
+        )
+    rng = random.Random(f"{seed}:{query_key!r}")
+    return rng.sample(candidates, k)
+
+
+def _document_prompt(
+    tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demo], image_tokens: int
+) -> tuple[list[int], list[int]]:
+    parts: list[str | ImageSlot] = []
+    for demo in demos:
+        parts += [ImageSlot(), demo.caption]
+    parts.append(ImageSlot())
+    ids = encode_document(tokenizer, parts, image_tokens).input_ids
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    if ids[-1] != eos:  # the shared template changed under us: fail loudly rather than prompt wrongly
+        raise RuntimeError("mm1.data.chat.encode_document no longer ends a document with </s>")
+    # A pre-trained model ends a caption with </s>, or runs on into the next image of a document.
+    return ids[:-1], [eos, tokenizer.convert_tokens_to_ids(IMAGE)]
+
+
+def _chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demo], image_tokens: int, instruction: str
+) -> tuple[list[int], list[int]]:
+    user = f"{IMAGE}\n{instruction}"
+    turns: list[dict] = []
+    for demo in demos:
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": demo.caption}]
+    turns.append({"role": "user", "content": user})
+    return encode_prompt(tokenizer, turns, image_tokens).input_ids, stop_token_ids(tokenizer)
+
+
+def build_kshot_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    query: Demo,
+    pool: Sequence[Demo],
+    k: int,
+    seed: int,
+    image_tokens: int,
+    style: PromptStyle = "document",
+    instruction: str = CAPTION_INSTRUCTION,
+) -> KShotPrompt:
+    """The prompt asking for `query`'s caption after k demonstrations drawn from `pool`.
+
+    `query.caption` is not used (it is the answer); `instruction` matters only for the chat style.
+    """
+    demos = draw_demos(pool, k, seed, query.key)
+    if style == "document":
+        ids, stops = _document_prompt(tokenizer, demos, image_tokens)
+    elif style == "chat":
+        ids, stops = _chat_prompt(tokenizer, demos, image_tokens, instruction)
+    else:
+        raise ValueError(f"unknown prompt style {style!r}: expected 'document' or 'chat'")
+    images = [d.image for d in demos] + [query.image]
+    return KShotPrompt(style=style, input_ids=ids, images=images, demos=demos, stop_token_ids=stops)

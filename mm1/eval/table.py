@@ -1,0 +1,137 @@
+"""Metric tables for the terminal (the CLI) and for the HTML report, from one builder so both agree.
+
+`metric_table` puts the majority baselines on their own row right under the header, aligned with the metric
+columns they belong to; `per_type_table` puts one checkpoint's per-type scores beside their baselines with
+the gain over them. Values print with a fixed number of decimals; a missing or NaN value prints as "-".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mm1.eval.select import CandidateResult
+
+MISSING = "-"
+BASELINE_LABEL = "(majority baseline)"
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    align: list[str] = field(default_factory=list)  # per column: "l" or "r"; default: first left, rest right
+    title: str = ""
+    emphasis: set[int] = field(default_factory=set)  # row indices to highlight (the winner, the baseline row)
+
+    def __post_init__(self) -> None:
+        if not self.align:
+            self.align = ["l"] + ["r"] * (len(self.header) - 1)
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.header):
+                raise ValueError(f"row {i} has {len(row)} cells for {len(self.header)} columns: {row}")
+
+    def to_text(self) -> str:
+        widths = [max(len(str(c)) for c in col) for col in zip(self.header, *self.rows, strict=True)]
+
+        def line(cells: Sequence[str]) -> str:
+            out = [
+                c.ljust(w) if a == "l" else c.rjust(w)
+                for c, w, a in zip(cells, widths, self.align, strict=True)
+            ]
+            return "  ".join(out).rstrip()
+
+        lines = [self.title] if self.title else []
+        lines += [line(self.header), "  ".join("-" * w for w in widths)]
+        lines += [line(row) for row in self.rows]
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        def cell(tag: str, text: str, align: str) -> str:
+            return f'<{tag} class="{"num" if align == "r" else "txt"}">{html.escape(text)}</{tag}>'
+
+        head = "".join(cell("th", h, a) for h, a in zip(self.header, self.align, strict=True))
+        body = []
+        for i, row in enumerate(self.rows):
+            cls = ' class="em"' if i in self.emphasis else ""
+            body.append(
+                f"<tr{cls}>"
+                + "".join(cell("td", c, a) for c, a in zip(row, self.align, strict=True))
+                + "</tr>"
+            )
+        caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def fmt(value: float | None, digits: int = 3, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _as_result(r: CandidateResult | Mapping[str, Any]) -> CandidateResult:
+    return r if isinstance(r, CandidateResult) else CandidateResult.from_dict(r)
+
+
+def metric_table(
+    results: Sequence[CandidateResult | Mapping[str, Any]],
+    metrics: Sequence[str] | None = None,
+    baselines: Mapping[str, float] | None = None,
+    digits: int = 3,
+    highlight_checkpoint: str | None = None,
+    title: str = "",
+    show_checkpoint: bool = False,
+) -> Table:
+    """Candidates x checkpoints (rows) x metrics (columns), the baseline row under the header.
+
+    A row is (candidate, stage, step); `show_checkpoint` adds the checkpoint URI column (wide; the report).
+    """
+    parsed = [_as_result(r) for r in results]
+    if metrics is None:
+        metrics = sorted({m for r in parsed for m in r.metrics})
+    baselines = baselines or {}
+    lead = ["candidate", "stage", "step"] + (["checkpoint"] if show_checkpoint else [])
+    header = [*lead, *metrics]
+    align = ["l", "l", "r", "l"][: len(lead)] + ["r"] * len(metrics)
+    rows: list[list[str]] = []
+    emphasis: set[int] = set()
+    if any(m in baselines for m in metrics):
+        rows.append(
+            [BASELINE_LABEL] + [""] * (len(lead) - 1) + [fmt(baselines.get(m), digits) for m in metrics]
+        )
+        emphasis.add(0)
+    for r in sorted(parsed, key=lambda r: (r.candidate, r.stage != "pretrain", r.step, r.checkpoint)):
+        if r.checkpoint == highlight_checkpoint:
+            emphasis.add(len(rows))
+        rows.append(
+            [r.candidate, r.stage, str(r.step), r.checkpoint]
+            + [fmt(r.metrics.get(m), digits) for m in metrics]
+        )
+    return Table(header, rows, align, title, emphasis)
+
+
+def per_type_table(
+    metrics: Mapping[str, float],
+    baselines: Mapping[str, float],
+    benchmark: str,
+    digits: int = 3,
+    title: str = "",
+) -> Table:
+    """One checkpoint's BENCHMARK/TYPE scores beside the majority baseline and the gain over it."""
+    prefix = f"{benchmark}/"
+    names = sorted(m for m in metrics if m.startswith(prefix))
+    if not names:
+        raise KeyError(f"no {prefix}* metrics among: {', '.join(sorted(metrics)) or '(none)'}")
+    # The overall score goes last, under the per-type rows it summarizes.
+    names.sort(key=lambda m: m == f"{prefix}overall")
+    rows = []
+    for m in names:
+        score, base = metrics[m], baselines.get(m)
+        gain = None if base is None else score - base
+        rows.append(
+            [m.removeprefix(prefix), fmt(score, digits), fmt(base, digits), fmt(gain, digits, signed=True)]
+        )
+    return Table(["type", "score", "majority baseline", "gain"], rows, title=title)

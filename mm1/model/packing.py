@@ -1,0 +1,50 @@
+"""Document-isolated attention for packed rows.
+
+A training row may hold several documents back to back; their `position_ids` restart at each document start.
+Tokens must then attend only to earlier tokens of their own document: a block-diagonal causal mask. We build it
+with transformers' own mask factory, so it comes out in the form the LLM's attention implementation takes
+(4D bool for sdpa, 4D additive float for eager, a BlockMask for flex), and hand it to the LLM, which uses a 4D
+mask as given.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PretrainedConfig
+from transformers.masking_utils import (
+    create_causal_mask,
+    find_packed_sequence_indices,
+    packed_sequence_mask_function,
+)
+
+
+def document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """[B, L] -> [B, L] document index per token (a new one wherever positions do not step by +1); None if
+    every row is a single document."""
+    return find_packed_sequence_indices(position_ids)
+
+
+def document_causal_mask(
+    text_config: PretrainedConfig,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor,
+) -> torch.Tensor | None:
+    """The causal mask restricted to each token's document (AND the padding mask), or None when not packed.
+
+    Left-padded generation prompts (positions 0,0,0,0,1,2,...) count as packed: each pad becomes its own
+    document, which changes nothing for the real tokens since pads are masked out anyway.
+    """
+    if position_ids.ndim != 2 or inputs_embeds.shape[1] < 2:
+        return None
+    docs = document_ids(position_ids.expand(inputs_embeds.shape[0], -1))
+    if docs is None:
+        return None
+    return create_causal_mask(
+        config=text_config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        cache=None,
+        position_ids=position_ids,
+        and_mask_function=packed_sequence_mask_function(docs),
+    )

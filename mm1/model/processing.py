@@ -1,0 +1,141 @@
+"""`MM1Processor`: the tokenizer plus the image settings a checkpoint was trained with.
+
+It is what data, eval and serving import to turn images and chats into model inputs, so all of them use the
+same preprocessing (mm1.data.preprocess) and chat template (mm1.data.chat). It is saved beside the weights:
+the tokenizer files plus `preprocessor_config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mm1.data import chat
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, split_image, to_pixel_values
+from mm1.model.configuration import MM1Config
+
+PROCESSOR_FILE = "preprocessor_config.json"
+
+
+class MM1Processor:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_size: int,
+        image_grid: int = 1,
+        num_image_tokens: int = 144,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+    ):
+        if image_grid < 1:
+            raise ValueError(f"image_grid must be >= 1, got {image_grid}")
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.image_grid = image_grid
+        self.num_image_tokens = num_image_tokens
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
+
+    @classmethod
+    def from_config(cls, config: MM1Config, tokenizer: PreTrainedTokenizerBase) -> MM1Processor:
+        """The processor matching a model config (the way to make one for a freshly built model)."""
+        image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE)
+        if image_id != config.image_token_id:
+            raise ValueError(
+                f"tokenizer maps {chat.IMAGE} to {image_id} but the model's image_token_id is {config.image_token_id}"
+            )
+        return cls(
+            tokenizer,
+            image_size=config.image_size,
+            image_grid=config.image_grid,
+            num_image_tokens=config.num_image_tokens,
+            image_mean=config.image_mean,
+            image_std=config.image_std,
+        )
+
+    @property
+    def sub_images_per_image(self) -> int:
+        return self.image_grid * self.image_grid + 1 if self.image_grid > 1 else 1
+
+    @property
+    def image_tokens_per_image(self) -> int:
+        return self.num_image_tokens * self.sub_images_per_image
+
+    # -- images -------------------------------------------------------------------------------------------
+    def images_to_pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
+        """Image sources (bytes, paths, PIL, uint8 arrays) -> [len(images) * sub_images, 3, S, S] float32."""
+        arrays = [crop for image in images for crop in split_image(image, self.image_size, self.image_grid)]
+        if not arrays:
+            return torch.zeros(0, 3, self.image_size, self.image_size)
+        return to_pixel_values(arrays, self.image_mean, self.image_std)
+
+    # -- text ---------------------------------------------------------------------------------------------
+    def encode_document(self, parts: Sequence[str | chat.ImageSlot]) -> chat.Encoded:
+        """Pre-training sample (text and ImageSlot markers in document order); see mm1.data.chat."""
+        return chat.encode_document(self.tokenizer, parts, self.image_tokens_per_image)
+
+    def encode_conversation(self, turns: Sequence[dict]) -> chat.Encoded:
+        """SFT conversation, labels on the assistant's answers; `<image>` in user text marks an image."""
+        return chat.encode_conversation(self.tokenizer, turns, self.image_tokens_per_image)
+
+    def encode_chat(self, turns: Sequence[dict], images: Sequence[Any] = ()) -> dict[str, torch.Tensor | None]:
+        """A generation prompt: input_ids / attention_mask [1, L] and pixel_values (None without images)."""
+        encoded = chat.encode_prompt(self.tokenizer, turns, self.image_tokens_per_image)
+        if encoded.num_images != len(images):
+            raise ValueError(
+                f"the chat has {encoded.num_images} {chat.IMAGE} markers but {len(images)} images were given"
+            )
+        input_ids = torch.tensor([encoded.input_ids], dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": self.images_to_pixel_values(images) if images else None,
+        }
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = True) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def stop_token_ids(self) -> list[int]:
+        return chat.stop_token_ids(self.tokenizer)
+
+    # -- persistence --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "processor_class": type(self).__name__,
+            "image_size": self.image_size,
+            "image_grid": self.image_grid,
+            "num_image_tokens": self.num_image_tokens,
+            "image_tokens_per_image": self.image_tokens_per_image,  # derived; written for readers of the file
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        (directory / PROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MM1Processor:
+        directory = Path(directory)
+        path = directory / PROCESSOR_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {PROCESSOR_FILE} in {directory}: not an MM1 checkpoint directory")
+        settings = json.loads(path.read_text())
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        return cls(
+            tokenizer,
+            image_size=settings["image_size"],
+            image_grid=settings["image_grid"],
+            num_image_tokens=settings["num_image_tokens"],
+            image_mean=settings["image_mean"],
+            image_std=settings["image_std"],
+        )

@@ -1,0 +1,62 @@
+"""The image encoder: any Hugging Face vision tower, returning patch features (CLS and other prefix tokens dropped)."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+# Parameters the towers own but never use for patch features: CLIP's post_layernorm only feeds the pooled CLS
+# output, SigLIP's head only the pooled output. They are kept (so checkpoints load unchanged) but frozen, so
+# every trainable parameter receives a gradient (DDP requires it).
+UNUSED_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "clip_vision_model": ("post_layernorm.",),
+    "siglip_vision_model": ("head.",),
+}
+
+
+def vision_config_from_pretrained(name_or_path: str) -> PretrainedConfig:
+    """The vision config of a HF checkpoint; a full CLIP/SigLIP checkpoint yields its vision half."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    return getattr(config, "vision_config", None) or config
+
+
+class VisionTower(nn.Module):
+    """Wraps a HF vision model; runs it at `image_size`, interpolating position embeddings when that differs."""
+
+    def __init__(self, vision_config: PretrainedConfig, image_size: int):
+        super().__init__()
+        self.model = AutoModel.from_config(vision_config)
+        self.image_size = image_size
+        self.native_size = vision_config.image_size
+        self.num_patches = (image_size // vision_config.patch_size) ** 2
+        accepts = inspect.signature(self.model.forward).parameters
+        if image_size != self.native_size and "interpolate_pos_encoding" not in accepts:
+            raise ValueError(
+                f"{type(self.model).__name__} was built for {self.native_size} px and cannot interpolate its "
+                f"position embeddings to image_size={image_size}"
+            )
+        unused = UNUSED_PARAMETERS.get(vision_config.model_type, ())
+        for name, param in self.model.named_parameters():
+            if name.startswith(unused):
+                param.requires_grad_(False)
+
+    def load_pretrained(self, name_or_path: str) -> None:
+        """Copy weights from a HF vision checkpoint (a vision-only or a full CLIP/SigLIP one)."""
+        pretrained = type(self.model).from_pretrained(name_or_path)
+        missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"vision weights from {name_or_path} do not fit: missing {missing}, unexpected {unexpected}")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, num_patches, vision_hidden] with S == image_size."""
+        height, width = pixel_values.shape[-2:]
+        if height != self.image_size or width != self.image_size:
+            raise ValueError(f"pixel_values are {height}x{width} but the model expects {self.image_size}x{self.image_size}")
+        kwargs = {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
+        dtype = next(self.model.parameters()).dtype
+        hidden = self.model(pixel_values=pixel_values.to(dtype), **kwargs).last_hidden_state
+        # Patch tokens are the last num_patches positions (CLIP prepends one CLS token, SigLIP none).
+        return hidden[:, -self.num_patches :]
