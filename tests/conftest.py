@@ -1,0 +1,22 @@
+"""Shared fixtures: one Ray instance for the whole test session (ray.init costs ~13 s here)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep Ray quiet and light on a 2-core machine; tests never need the usage-stats prompt.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with more logical CPUs than cores, so Ray Data tasks can run beside training workers."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, namespace="mm1-tests", log_to_driver=True)
+    yield ray
+    ray.shutdown()
