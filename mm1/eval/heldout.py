@@ -31,7 +31,9 @@ def _png(scene: shapes.Scene) -> bytes:
     return buffer.getvalue()
 
 
-def shapes_heldout(num_scenes: int, num_questions: int, seed: int) -> tuple[list[HeldOutItem], list[HeldOutItem]]:
+def shapes_heldout(
+    num_scenes: int, num_questions: int, seed: int
+) -> tuple[list[HeldOutItem], list[HeldOutItem]]:
     """(questions, captions): `num_questions` questions drawn evenly from all scenes, one caption per scene."""
     rng = np.random.default_rng(seed)
     scenes = [shapes.sample_scene(rng) for _ in range(num_scenes)]

@@ -49,7 +49,7 @@ def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
         llm=m["llm"] or None,
         overrides=m["overrides"] or None,
     )
-    return model, MM1Processor.for_model(model.config, processor_tokenizer)
+    return model, MM1Processor.from_config(model.config, processor_tokenizer)
 
 
 def _tokenizer(path: str):

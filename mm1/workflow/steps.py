@@ -167,12 +167,18 @@ def run_evaluate(ctx: StepContext) -> StepResult:
 
 
 def run_select(ctx: StepContext) -> StepResult:
-    from mm1.eval.select import select_from_evaluation
+    from mm1.eval.select import select_winner
 
-    winner = select_from_evaluation(ctx.wf, ctx.upstream["evaluate"]["outputs"], ctx.out)
-    return StepResult(
-        outputs={"winner": winner}, headline={"winner": winner["candidate"], **winner["headline"]}
+    evaluation = ctx.upstream["evaluate"]["outputs"]
+    winner = select_winner(evaluation["results"], ctx.wf.select.metric, ctx.wf.select.mode, out_dir=ctx.out)
+    record = winner.to_dict()
+    margin = record["margin_over_other_candidate"]
+    ctx.log(
+        f"[select] winner {record['candidate']} step {record['step']}: {record['metric']} = {record['value']:.4f}"
+        + (f" (ahead of the next candidate by {margin:.4f})" if margin is not None else "")
     )
+    headline = {"winner": record["candidate"], record["metric"]: record["value"]}
+    return StepResult(outputs={"winner": record}, headline=headline)
 
 
 def run_deploy(ctx: StepContext) -> StepResult:
