@@ -11,8 +11,9 @@ Two prompt styles, both built by the shared template in `mm1.data.chat` (never a
 evaluation results and the report can say which it was.
 
 Demonstrations are drawn without replacement from a pool that never yields the query itself (same key).
-The draw depends only on (seed, query key): a given query gets the same demonstrations in every run, on
-every worker, in any order of evaluation (random.Random seeded by a string is stable across processes).
+The draw depends only on (seed, query key, the pool's keys): a given query gets the same demonstrations in
+every run, on every worker, whatever the order of the pool or of evaluation (random.Random seeded by a
+string is stable across processes).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def draw_demos(pool: Sequence[Demo], k: int, seed: int, query_key: Hashable) -> 
     """k distinct demonstrations from `pool`, never the query; deterministic for (seed, query_key)."""
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    candidates = [d for d in pool if d.key != query_key]
+    # Sorted by key so the draw does not depend on the order the pool was read in (shards, workers).
+    candidates = sorted((d for d in pool if d.key != query_key), key=lambda d: repr(d.key))
     if k > len(candidates):
         raise ValueError(
             f"k={k} demonstrations requested but the pool holds only {len(candidates)} besides the query "
