@@ -189,12 +189,36 @@ def run_deploy(ctx: StepContext) -> StepResult:
     return StepResult(outputs=endpoint, headline={"endpoint": endpoint.get("url", "")})
 
 
+def build_run_summary(ctx: StepContext) -> dict[str, Any]:
+    """The report's input (schema in mm1.eval.report) from the upstream manifests."""
+    up = ctx.upstream
+    pretrained = up["pretrain"]["outputs"]["candidates"]
+    trained = up["sft"]["outputs"]["candidates"]
+    evaluation = up["evaluate"]["outputs"]
+    candidates_ = []
+    for name, entry in pretrained.items():
+        files = [entry["metrics"]]
+        if ctx.wf.sft.enabled and name in trained:
+            files.append(trained[name]["metrics"])
+        candidates_.append({"name": name, "overrides": entry["overrides"], "metrics_files": files})
+    return {
+        "name": ctx.wf.run_name,
+        "description": ctx.wf.description,
+        "candidates": candidates_,
+        "eval": evaluation["results"],
+        "baselines": evaluation["baseline"]["metrics"],
+        "baseline_source": evaluation["baseline"]["source"],
+        "selection": {"metric": ctx.wf.select.metric, "mode": ctx.wf.select.mode},
+        "winner": up["select"]["outputs"]["winner"],
+        "sweep_keys": list(ctx.wf.sweep),
+        "step_times": {name: m.get("duration_s") for name, m in up.items()},
+    }
+
+
 def run_report(ctx: StepContext) -> StepResult:
     from mm1.eval.report import write_report
-    from mm1.eval.summary import build_run_summary
 
-    summary = build_run_summary(ctx.wf, ctx.upstream)
-    page = write_report(ctx.out, summary)
+    page = write_report(ctx.out, build_run_summary(ctx))
     return StepResult(outputs={"html": str(page)}, headline={"report": str(page)}, figures=[str(page)])
 
 
