@@ -32,7 +32,7 @@ TIE_BREAK = "equal metric (12 significant digits) -> fewer training steps -> can
 
 
 def _json_number(value: float) -> float | None:
-    return None if math.isnan(value) else value  # JSON has no NaN; null reads as "not a number" here
+    return value if math.isfinite(value) else None  # JSON has no NaN or Infinity: null stands for them
 
 
 @dataclass(frozen=True)

@@ -106,10 +106,8 @@ def metric_table(
     for r in sorted(parsed, key=lambda r: (r.candidate, r.stage != "pretrain", r.step, r.checkpoint)):
         if r.checkpoint == highlight_checkpoint:
             emphasis.add(len(rows))
-        rows.append(
-            [r.candidate, r.stage, str(r.step), r.checkpoint]
-            + [fmt(r.metrics.get(m), digits) for m in metrics]
-        )
+        cells = [r.candidate, r.stage, str(r.step)] + ([r.checkpoint] if show_checkpoint else [])
+        rows.append(cells + [fmt(r.metrics.get(m), digits) for m in metrics])
     return Table(header, rows, align, title, emphasis)
 
 
