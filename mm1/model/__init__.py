@@ -1,0 +1,34 @@
+"""MM1 model: image encoder -> vision-language connector -> decoder LLM (dense or MoE), as a HF PreTrainedModel.
+
+Importing this package registers the "mm1" model type with AutoConfig, AutoModelForImageTextToText and
+AutoModelForCausalLM, so `from_pretrained` works on saved checkpoints through the Auto classes too.
+"""
+
+from mm1.model.configuration import CONNECTOR_TYPES, MM1Config
+from mm1.model.connectors import build_connector
+from mm1.model.freeze import PARTS, apply_freeze
+from mm1.model.info import format_model_info, model_info
+from mm1.model.loading import generate_answers, load_for_inference, save_for_inference
+from mm1.model.modeling import MM1CausalLMOutput, MM1ForConditionalGeneration, upcycle_to_moe
+from mm1.model.presets import PRESETS, build_mm1, mm1_config
+from mm1.model.processing import MM1Processor
+
+__all__ = [
+    "CONNECTOR_TYPES",
+    "PARTS",
+    "PRESETS",
+    "MM1CausalLMOutput",
+    "MM1Config",
+    "MM1ForConditionalGeneration",
+    "MM1Processor",
+    "apply_freeze",
+    "build_connector",
+    "build_mm1",
+    "format_model_info",
+    "generate_answers",
+    "load_for_inference",
+    "mm1_config",
+    "model_info",
+    "save_for_inference",
+    "upcycle_to_moe",
+]

@@ -47,7 +47,9 @@ class MM1Config(PretrainedConfig):
     connector_depth: int = 3  # c-abstractor: residual conv blocks before and after the pooling
     connector_hidden_size: int | None = None  # c-abstractor channels; None = vision hidden size
 
-    image_size: int = 378  # side of every (sub-)image fed to the encoder; may exceed the encoder's native size
+    image_size: int = (
+        378  # side of every (sub-)image fed to the encoder; may exceed the encoder's native size
+    )
     image_grid: int = 1  # image splitting: grid x grid crops + one overview per image; 1 = off
     image_mean: list[float] | tuple[float, ...] = CLIP_MEAN  # pixel normalization used by the processor
     image_std: list[float] | tuple[float, ...] = CLIP_STD
@@ -91,9 +93,13 @@ class MM1Config(PretrainedConfig):
         if k <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {k}")
         if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) ** 2 != k:
-            raise ValueError(f"connector_type={self.connector_type!r} needs a square num_image_tokens, got {k}")
+            raise ValueError(
+                f"connector_type={self.connector_type!r} needs a square num_image_tokens, got {k}"
+            )
         if self.image_size % patch:
-            raise ValueError(f"image_size={self.image_size} is not a multiple of the vision patch size {patch}")
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of the vision patch size {patch}"
+            )
         side = self.image_size // patch
         if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) > side:
             raise ValueError(
@@ -105,9 +111,15 @@ class MM1Config(PretrainedConfig):
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError(f"image_mean/std need 3 values, got {self.image_mean} / {self.image_std}")
         if self.moe_num_experts < 0 or self.moe_every < 1:
-            raise ValueError(f"bad MoE settings: moe_num_experts={self.moe_num_experts}, moe_every={self.moe_every}")
+            raise ValueError(
+                f"bad MoE settings: moe_num_experts={self.moe_num_experts}, moe_every={self.moe_every}"
+            )
         if self.moe_num_experts and not 1 <= self.moe_top_k <= self.moe_num_experts:
-            raise ValueError(f"moe_top_k={self.moe_top_k} must be in [1, moe_num_experts={self.moe_num_experts}]")
+            raise ValueError(
+                f"moe_top_k={self.moe_top_k} must be in [1, moe_num_experts={self.moe_num_experts}]"
+            )
         vocab = getattr(self.text_config, "vocab_size", None)
         if vocab is not None and not 0 <= self.image_token_id < vocab:
-            raise ValueError(f"image_token_id={self.image_token_id} is outside the LLM vocabulary (size {vocab})")
+            raise ValueError(
+                f"image_token_id={self.image_token_id} is outside the LLM vocabulary (size {vocab})"
+            )

@@ -93,7 +93,9 @@ class CAbstractor(nn.Module):
             nn.Conv2d(vision_hidden, channels, 1), *[ResBlock(channels) for _ in range(depth)]
         )
         self.stage2 = nn.Sequential(*[ResBlock(channels) for _ in range(depth)])
-        self.readout = nn.Sequential(nn.Linear(channels, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden))
+        self.readout = nn.Sequential(
+            nn.Linear(channels, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         grid = self.stage1(_to_grid(features))

@@ -170,7 +170,9 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
 
         llm_mask = attention_mask
         if position_ids is not None and past_length == 0:
-            packed = document_causal_mask(self.config.text_config, inputs_embeds, attention_mask, position_ids)
+            packed = document_causal_mask(
+                self.config.text_config, inputs_embeds, attention_mask, position_ids
+            )
             llm_mask = packed if packed is not None else attention_mask
 
         outputs = self.language_model(
@@ -203,7 +205,9 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
         )
 
 
-def upcycle_to_moe(model: MM1ForConditionalGeneration, num_experts: int, every: int = 2, top_k: int = 2) -> None:
+def upcycle_to_moe(
+    model: MM1ForConditionalGeneration, num_experts: int, every: int = 2, top_k: int = 2
+) -> None:
     """Turn a dense MM1 into MM1-MoE in place: every `every`-th LLM MLP becomes `num_experts` copies of itself
     behind a fresh top-`top_k` router; the config records it so save/load rebuilds the same structure."""
     if model.config.moe_num_experts:

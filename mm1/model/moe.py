@@ -20,7 +20,9 @@ from torch import nn
 
 
 class SparseMoE(nn.Module):
-    def __init__(self, dense_mlp: nn.Module, hidden_size: int, num_experts: int, top_k: int = 2, init_std: float = 0.02):
+    def __init__(
+        self, dense_mlp: nn.Module, hidden_size: int, num_experts: int, top_k: int = 2, init_std: float = 0.02
+    ):
         super().__init__()
         self.top_k = top_k
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
@@ -73,7 +75,9 @@ def add_moe_layers(
     indices = moe_layer_indices(len(layers), every)
     for i in indices:
         if not hasattr(layers[i], "mlp"):
-            raise ValueError(f"decoder layer {i} of {type(language_model).__name__} has no .mlp to make sparse")
+            raise ValueError(
+                f"decoder layer {i} of {type(language_model).__name__} has no .mlp to make sparse"
+            )
         layers[i].mlp = SparseMoE(layers[i].mlp, hidden, num_experts, top_k, init_std)
     return indices
 

@@ -40,6 +40,10 @@ def document_causal_mask(
     docs = document_ids(position_ids.expand(inputs_embeds.shape[0], -1))
     if docs is None:
         return None
+    if attention_mask is None:
+        # An explicit all-ones mask keeps transformers from running its own packed-sequence detection, which
+        # would remap indices to positions before our document function sees them.
+        attention_mask = torch.ones(docs.shape, dtype=torch.bool, device=inputs_embeds.device)
     return create_causal_mask(
         config=text_config,
         inputs_embeds=inputs_embeds,

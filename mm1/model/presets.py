@@ -68,7 +68,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "patch_size": 8,
             "image_size": 64,
         },
-        "text_config": {**_llama(hidden=256, layers=4, heads=4, ffn=704, vocab=512), "max_position_embeddings": 2048},
+        "text_config": {
+            **_llama(hidden=256, layers=4, heads=4, ffn=704, vocab=512),
+            "max_position_embeddings": 2048,
+        },
         "connector_type": "c-abstractor",
         "num_image_tokens": 16,
         "connector_depth": 1,
@@ -77,8 +80,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mm1-3b": _paper_scale(_llama(hidden=2560, layers=28, heads=32, ffn=6912)),
     "mm1-7b": _paper_scale(_llama(hidden=4096, layers=30, heads=32, ffn=11008)),
     "mm1-30b": _paper_scale(_llama(hidden=6656, layers=54, heads=52, ffn=17920)),
-    "mm1-3b-moe": _paper_scale(_llama(hidden=2560, layers=28, heads=32, ffn=6912), moe_num_experts=64, moe_every=2),
-    "mm1-7b-moe": _paper_scale(_llama(hidden=4096, layers=30, heads=32, ffn=11008), moe_num_experts=32, moe_every=4),
+    "mm1-3b-moe": _paper_scale(
+        _llama(hidden=2560, layers=28, heads=32, ffn=6912), moe_num_experts=64, moe_every=2
+    ),
+    "mm1-7b-moe": _paper_scale(
+        _llama(hidden=4096, layers=30, heads=32, ffn=11008), moe_num_experts=32, moe_every=4
+    ),
 }
 
 
@@ -95,9 +102,14 @@ def _apply_overrides(kwargs: dict[str, Any], overrides: dict[str, Any]) -> None:
         elif section in ("vision_config", "text_config"):
             target = kwargs[section]
             config_class = CONFIG_MAPPING[target["model_type"]]
-            valid, owner = _field_names(config_class) | set(config_class().to_dict()), f"{section} ({config_class.__name__})"
+            valid, owner = (
+                _field_names(config_class) | set(config_class().to_dict()),
+                f"{section} ({config_class.__name__})",
+            )
         else:
-            raise ValueError(f"unknown override {key!r}: the prefix must be 'vision_config.', 'text_config.' or none")
+            raise ValueError(
+                f"unknown override {key!r}: the prefix must be 'vision_config.', 'text_config.' or none"
+            )
         if name not in valid:
             raise ValueError(f"unknown override {key!r}: {owner} has no field {name!r}")
         target[name] = value
@@ -107,8 +119,12 @@ def _tokenizer_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     vocab = tokenizer.get_vocab()
     missing = [t for t in (PAD, BOS, EOS, IMAGE) if t not in vocab]
     if missing:
-        raise ValueError(f"tokenizer lacks the special tokens {missing}; load it with mm1.data.tokenizer.load_tokenizer")
-    return {name: vocab[token] for name, token in (("pad", PAD), ("bos", BOS), ("eos", EOS), ("image", IMAGE))}
+        raise ValueError(
+            f"tokenizer lacks the special tokens {missing}; load it with mm1.data.tokenizer.load_tokenizer"
+        )
+    return {
+        name: vocab[token] for name, token in (("pad", PAD), ("bos", BOS), ("eos", EOS), ("image", IMAGE))
+    }
 
 
 def mm1_config(
@@ -136,7 +152,12 @@ def mm1_config(
     text = kwargs["text_config"]
     if tokenizer is not None:
         ids = _tokenizer_ids(tokenizer)
-        text.update(vocab_size=len(tokenizer), pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"])
+        text.update(
+            vocab_size=len(tokenizer),
+            pad_token_id=ids["pad"],
+            bos_token_id=ids["bos"],
+            eos_token_id=ids["eos"],
+        )
         kwargs["image_token_id"] = ids["image"]
     if vocab_size is not None:
         text["vocab_size"] = vocab_size

@@ -83,7 +83,9 @@ class MM1Processor:
         """SFT conversation, labels on the assistant's answers; `<image>` in user text marks an image."""
         return chat.encode_conversation(self.tokenizer, turns, self.image_tokens_per_image)
 
-    def encode_chat(self, turns: Sequence[dict], images: Sequence[Any] = ()) -> dict[str, torch.Tensor | None]:
+    def encode_chat(
+        self, turns: Sequence[dict], images: Sequence[Any] = ()
+    ) -> dict[str, torch.Tensor | None]:
         """A generation prompt: input_ids / attention_mask [1, L] and pixel_values (None without images)."""
         encoded = chat.encode_prompt(self.tokenizer, turns, self.image_tokens_per_image)
         if encoded.num_images != len(images):

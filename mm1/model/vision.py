@@ -48,13 +48,17 @@ class VisionTower(nn.Module):
         pretrained = type(self.model).from_pretrained(name_or_path)
         missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing or unexpected:
-            raise ValueError(f"vision weights from {name_or_path} do not fit: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"vision weights from {name_or_path} do not fit: missing {missing}, unexpected {unexpected}"
+            )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] -> [N, num_patches, vision_hidden] with S == image_size."""
         height, width = pixel_values.shape[-2:]
         if height != self.image_size or width != self.image_size:
-            raise ValueError(f"pixel_values are {height}x{width} but the model expects {self.image_size}x{self.image_size}")
+            raise ValueError(
+                f"pixel_values are {height}x{width} but the model expects {self.image_size}x{self.image_size}"
+            )
         kwargs = {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
         dtype = next(self.model.parameters()).dtype
         hidden = self.model(pixel_values=pixel_values.to(dtype), **kwargs).last_hidden_state

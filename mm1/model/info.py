@@ -1,0 +1,115 @@
+"""Parameter counts and training FLOPs of a preset, computed on the meta device (no memory, no weights).
+
+Definitions:
+  embedding params  the LLM's input token embeddings + its output projection (lm_head, unless tied).
+  N                 non-embedding params = total - embedding params (the N of MM1's learning-rate law).
+  active params     per token: an MoE layer only runs top_k of its experts.
+  FLOPs per token   training (forward + backward) FLOPs of the LLM per sequence position (PaLM, appendix B):
+                      6 * (N_llm_active + d_model * vocab) + 12 * n_layers * n_heads * head_dim * seq_len
+                    N_llm_active counts the active non-embedding LLM weights; d_model * vocab is the output
+                    projection (a matmul, unlike the input lookup); the last term is attention's QK^T and AV
+                    over a seq_len context, not halved for causality (as in PaLM).
+  FLOPs per image   training FLOPs of the encoder and connector per image (all sub-images):
+                      sub_images * [P * 6 * (N_vision + N_connector) + 12 * L_v * d_v * P^2], P = patches;
+                    the connector term is an upper bound (its second stage runs on k < P positions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mm1.model.configuration import MM1Config
+from mm1.model.modeling import MM1ForConditionalGeneration
+from mm1.model.moe import SparseMoE
+from mm1.model.presets import PRESETS, mm1_config
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _meta_model(config: MM1Config) -> MM1ForConditionalGeneration:
+    with torch.device("meta"):
+        return MM1ForConditionalGeneration(config)
+
+
+def model_info(preset: str | MM1Config, seq_len: int = 4096) -> dict[str, Any]:
+    """Counts for a preset name (or any MM1Config); `seq_len` sets the attention term of FLOPs per token."""
+    config = mm1_config(preset) if isinstance(preset, str) else preset
+    model = _meta_model(config)
+    llm, text, vision = model.language_model, config.text_config, config.vision_config
+
+    embed = llm.get_input_embeddings().weight
+    head = llm.get_output_embeddings().weight
+    embedding = embed.numel() + (0 if head is embed else head.numel())
+    total = _count(model)
+    vision_params, connector_params = _count(model.vision_tower), _count(model.connector)
+    llm_non_embedding = _count(llm) - embedding
+    inactive = sum(
+        (len(m.experts) - m.top_k) * _count(m.experts[0]) for m in llm.modules() if isinstance(m, SparseMoE)
+    )
+    llm_active = llm_non_embedding - inactive
+
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    attention = 12 * text.num_hidden_layers * text.num_attention_heads * head_dim * seq_len
+    flops_per_token = 6 * (llm_active + text.hidden_size * text.vocab_size) + attention
+    patches = config.num_patches
+    per_sub_image = patches * 6 * (vision_params + connector_params) + (
+        12 * vision.num_hidden_layers * vision.hidden_size * patches**2
+    )
+    return {
+        "preset": preset if isinstance(preset, str) else "custom",
+        "total_params": total,
+        "vision_params": vision_params,
+        "connector_params": connector_params,
+        "llm_params": llm_non_embedding,
+        "embedding_params": embedding,
+        "non_embedding_params": total - embedding,
+        "active_params": total - inactive,
+        "moe_layers": sum(isinstance(m, SparseMoE) for m in llm.modules()),
+        "experts": config.moe_num_experts,
+        "image_size": config.image_size,
+        "image_grid": config.image_grid,
+        "image_tokens_per_image": config.image_tokens_per_image,
+        "seq_len": seq_len,
+        "flops_per_token": flops_per_token,
+        "flops_per_image": config.sub_images_per_image * per_sub_image,
+    }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+_COLUMNS = (
+    ("preset", "preset", str),
+    ("total", "total_params", _human),
+    ("vision", "vision_params", _human),
+    ("connector", "connector_params", _human),
+    ("llm", "llm_params", _human),
+    ("embeddings", "embedding_params", _human),
+    ("N (non-emb)", "non_embedding_params", _human),
+    ("active", "active_params", _human),
+    ("experts", "experts", str),
+    ("img tokens", "image_tokens_per_image", str),
+    ("FLOPs/token", "flops_per_token", lambda v: f"{v:.3g}"),
+    ("FLOPs/image", "flops_per_image", lambda v: f"{v:.3g}"),
+)
+
+
+def format_model_info(preset: str | Sequence[str] | None = None, seq_len: int = 4096) -> str:
+    """A text table of model_info for one preset, several, or (None) all of them."""
+    names = list(PRESETS) if preset is None else [preset] if isinstance(preset, str) else list(preset)
+    rows = [[fmt(model_info(name, seq_len)[key]) for _, key, fmt in _COLUMNS] for name in names]
+    header = [title for title, _, _ in _COLUMNS]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    note = f"N excludes token embeddings and lm_head; FLOPs are training FLOPs (seq_len={seq_len}), see mm1.model.info"
+    return "\n".join([*lines, note])

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from model_helpers import random_image
+
+from mm1.data.chat import IMAGE
+from mm1.model import apply_freeze
+from mm1.model.freeze import part_modules
+
+
+@pytest.mark.parametrize("frozen", [[], ["vision"], ["vision", "llm"], ["connector", "llm"]])
+def test_gradients_reach_exactly_the_unfrozen_parts(model, processor, frozen):
+    assert apply_freeze(model, frozen) == frozen
+    model.train()
+    enc = processor.encode_conversation(
+        [
+            {"role": "user", "content": f"{IMAGE}\nwhat shape?"},
+            {"role": "assistant", "content": "a red square"},
+        ]
+    )
+    out = model(
+        input_ids=torch.tensor([enc.input_ids]),
+        labels=torch.tensor([enc.labels]),
+        pixel_values=processor.images_to_pixel_values([random_image(0)]),
+    )
+    out.loss.backward()
+    for part, module in part_modules(model).items():
+        for name, param in module.named_parameters():
+            if part in frozen:
+                assert not param.requires_grad and param.grad is None, (
+                    f"{part}.{name} is frozen but got a gradient"
+                )
+            elif param.requires_grad:
+                assert param.grad is not None and param.grad.abs().sum() > 0, f"{part}.{name} got no gradient"
+    trainable = {p for p, m in part_modules(model).items() if any(q.requires_grad for q in m.parameters())}
+    assert trainable == {"vision", "connector", "llm"} - set(frozen)
+    # The only parameters left out while their part trains are those the encoder never uses.
+    skipped = [n for n, p in model.vision_tower.named_parameters() if not p.requires_grad]
+    assert "vision" in frozen or skipped == ["model.post_layernorm.weight", "model.post_layernorm.bias"]
+
+
+def test_unknown_part_lists_the_valid_ones(model):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown parts to freeze \['vit'\]; valid parts are \['vision', 'connector', 'llm'\]",
+    ):
+        apply_freeze(model, ["vit"])
