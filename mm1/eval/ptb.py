@@ -68,7 +68,7 @@ def _is_abbreviation(word: str) -> bool:
 
 
 def _keeps_apostrophe(chunk: str) -> bool:
-    """'90s and a detached clitic ('s, n't split by the writer) keep their leading apostrophe."""
+    """'90s and a clitic written apart from its word ('s, 're, ...) keep their leading apostrophe."""
     return chunk[1].isdigit() or chunk.rstrip(".,;:!?") in _CLITICS
 
 

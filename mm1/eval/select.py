@@ -48,7 +48,8 @@ class CandidateResult:
         return cls(
             candidate=str(data["candidate"]),
             checkpoint=str(data["checkpoint"]),
-            metrics={k: float(v) for k, v in data["metrics"].items()},
+            # null (how winner.json and other strict JSON write NaN) reads back as NaN
+            metrics={k: math.nan if v is None else float(v) for k, v in data["metrics"].items()},
             step=int(data.get("step", 0)),
             stage=str(data.get("stage", "sft")),
         )

@@ -112,7 +112,7 @@ def metric_table(
 
 
 def per_type_table(
-    metrics: Mapping[str, float],
+    metrics: Mapping[str, float | None],
     baselines: Mapping[str, float],
     benchmark: str,
     digits: int = 3,
@@ -128,7 +128,8 @@ def per_type_table(
     rows = []
     for m in names:
         score, base = metrics[m], baselines.get(m)
-        gain = None if base is None else score - base
+        known = score is not None and not math.isnan(score)  # winner.json stores NaN as null
+        gain = score - base if known and base is not None else None
         rows.append(
             [m.removeprefix(prefix), fmt(score, digits), fmt(base, digits), fmt(gain, digits, signed=True)]
         )

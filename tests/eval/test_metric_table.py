@@ -67,6 +67,8 @@ def test_checkpoint_column_and_highlight():
 def test_per_type_table_puts_overall_last_with_gains():
     table = per_type_table(RESULTS[0].metrics, BASELINES, "vqa")
     assert table.rows == [["count", "0.500", "0.250", "+0.250"], ["overall", "0.640", "0.310", "+0.330"]]
+    with_null = per_type_table({"vqa/overall": None, "vqa/count": math.nan}, BASELINES, "vqa")
+    assert with_null.rows == [["count", "-", "0.250", "-"], ["overall", "-", "0.310", "-"]]
     with pytest.raises(KeyError, match="no shapes-vqa/"):
         per_type_table(RESULTS[0].metrics, BASELINES, "shapes-vqa")
 

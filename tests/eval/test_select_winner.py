@@ -97,6 +97,12 @@ def test_other_errors():
         select_winner([RESULTS[0], RESULTS[0]], M)
 
 
+def test_null_metrics_read_as_nan():
+    parsed = CandidateResult.from_dict({"candidate": "a", "checkpoint": "c", "metrics": {M: None, "x": 1}})
+    assert math.isnan(parsed.metrics[M]) and parsed.metrics["x"] == 1.0
+    assert (parsed.step, parsed.stage) == (0, "sft")
+
+
 def test_writes_winner_json_from_plain_dicts(tmp_path):
     dicts = [
         {
