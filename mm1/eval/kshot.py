@@ -46,6 +46,9 @@ class KShotPrompt:
     images: list[Any]  # one per <image> run in input_ids, in order: the demonstrations', then the query's
     demos: list[Demo] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    # What input_ids were built from, for callers that encode through a processor (MM1Processor.encode_chat):
+    turns: list[dict] = field(default_factory=list)  # chat style: the conversation, query turn last
+    parts: list[str | ImageSlot] = field(default_factory=list)  # document style: text and image slots
 
 
 def style_for_stage(stage: str) -> PromptStyle:
@@ -72,13 +75,24 @@ def draw_demos(pool: Sequence[Demo], k: int, seed: int, query_key: Hashable) -> 
     return rng.sample(candidates, k)
 
 
-def _document_prompt(
-    tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demo], image_tokens: int
-) -> tuple[list[int], list[int]]:
+def document_parts(demos: Sequence[Demo]) -> list[str | ImageSlot]:
     parts: list[str | ImageSlot] = []
     for demo in demos:
         parts += [ImageSlot(), demo.caption]
-    parts.append(ImageSlot())
+    return parts + [ImageSlot()]
+
+
+def chat_turns(demos: Sequence[Demo], instruction: str = CAPTION_INSTRUCTION) -> list[dict]:
+    user = f"{IMAGE}\n{instruction}"
+    turns: list[dict] = []
+    for demo in demos:
+        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": demo.caption}]
+    return turns + [{"role": "user", "content": user}]
+
+
+def _document_prompt(
+    tokenizer: PreTrainedTokenizerBase, parts: Sequence[str | ImageSlot], image_tokens: int
+) -> tuple[list[int], list[int]]:
     ids = encode_document(tokenizer, parts, image_tokens).input_ids
     eos = tokenizer.convert_tokens_to_ids(EOS)
     if ids[-1] != eos:  # the shared template changed under us: fail loudly rather than prompt wrongly
@@ -88,13 +102,8 @@ def _document_prompt(
 
 
 def _chat_prompt(
-    tokenizer: PreTrainedTokenizerBase, demos: Sequence[Demo], image_tokens: int, instruction: str
+    tokenizer: PreTrainedTokenizerBase, turns: Sequence[dict], image_tokens: int
 ) -> tuple[list[int], list[int]]:
-    user = f"{IMAGE}\n{instruction}"
-    turns: list[dict] = []
-    for demo in demos:
-        turns += [{"role": "user", "content": user}, {"role": "assistant", "content": demo.caption}]
-    turns.append({"role": "user", "content": user})
     return encode_prompt(tokenizer, turns, image_tokens).input_ids, stop_token_ids(tokenizer)
 
 
@@ -113,11 +122,13 @@ def build_kshot_prompt(
     `query.caption` is not used (it is the answer); `instruction` matters only for the chat style.
     """
     demos = draw_demos(pool, k, seed, query.key)
-    if style == "document":
-        ids, stops = _document_prompt(tokenizer, demos, image_tokens)
-    elif style == "chat":
-        ids, stops = _chat_prompt(tokenizer, demos, image_tokens, instruction)
-    else:
-        raise ValueError(f"unknown prompt style {style!r}: expected 'document' or 'chat'")
     images = [d.image for d in demos] + [query.image]
-    return KShotPrompt(style=style, input_ids=ids, images=images, demos=demos, stop_token_ids=stops)
+    if style == "document":
+        parts = document_parts(demos)
+        ids, stops = _document_prompt(tokenizer, parts, image_tokens)
+        return KShotPrompt(style, ids, images, demos, stops, parts=parts)
+    if style == "chat":
+        turns = chat_turns(demos, instruction)
+        ids, stops = _chat_prompt(tokenizer, turns, image_tokens)
+        return KShotPrompt(style, ids, images, demos, stops, turns=turns)
+    raise ValueError(f"unknown prompt style {style!r}: expected 'document' or 'chat'")

@@ -39,6 +39,10 @@ def test_document_prompt_is_the_pretraining_document_without_its_end(tokenizer, 
     prompt = build_kshot_prompt(tokenizer, QUERY, POOL, k=k, seed=7, image_tokens=IMAGE_TOKENS)
     parts = [p for d in prompt.demos for p in (ImageSlot(), d.caption)] + [ImageSlot()]
     expected = encode_document(tokenizer, parts, IMAGE_TOKENS).input_ids[:-1]
+    assert [p if isinstance(p, str) else "<slot>" for p in prompt.parts] == [
+        p if isinstance(p, str) else "<slot>" for p in parts
+    ]
+    assert prompt.turns == []
     image_id = tokenizer.convert_tokens_to_ids(IMAGE)
     assert prompt.style == "document"
     assert prompt.input_ids == expected
@@ -61,6 +65,7 @@ def test_chat_prompt_uses_encode_prompt(tokenizer):
         turns += [{"role": "user", "content": user}, {"role": "assistant", "content": d.caption}]
     turns.append({"role": "user", "content": user})
     assert prompt.input_ids == encode_prompt(tokenizer, turns, IMAGE_TOKENS).input_ids
+    assert prompt.turns == turns and prompt.parts == []
     decoded = tokenizer.decode(prompt.input_ids)
     assert decoded.count(USER) == 3 and decoded.endswith(f"{ASSISTANT}\n")
     assert tokenizer.convert_tokens_to_ids(END) in prompt.stop_token_ids

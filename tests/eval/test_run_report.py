@@ -141,6 +141,17 @@ def test_a_given_winner_is_used_as_is(tmp_path):
     assert f"<b>{chosen['candidate']}</b> wins on <b>shapes-caption/cider</b>" in page
 
 
+def test_minimal_summary_without_sweep_or_results(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"stage": "pretrain", "step": 1, "loss": 2.0, "lr": 0.001}\n')
+    summary = {"name": "base-only", "candidates": [{"name": "base", "metrics_files": [str(metrics)]}]}
+    path = write_report(tmp_path / "out", summary)
+    page = path.read_text()
+    assert "no winner was selected" in page and "no evaluation results" in page
+    assert "Ablation" not in page
+    assert set(_embedded_images(page)) == {"curves"}
+
+
 def test_missing_files_become_warnings_and_missing_keys_errors(tmp_path):
     summary = make_summary(tmp_path)
     summary["candidates"][0]["metrics_files"] = [str(tmp_path / "nope.jsonl")]
