@@ -1,0 +1,1 @@
+"""Kubernetes: KubeRay manifests rendered from a workflow, validated offline, applied with server-side apply."""
