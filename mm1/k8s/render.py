@@ -19,6 +19,7 @@ from mm1.k8s.pods import (
     PodContext,
     RenderError,
     Storage,
+    container_security,
     head_group,
     storage_for,
     submitter_template,
@@ -75,13 +76,16 @@ def ray_cluster_spec(
             raise RenderError(f"cluster.worker_groups[{i}].name: '{group.name}' is used by another group")
         seen.add(group.name)
     groups = [worker_group(ctx, group, i) for i, group in enumerate(cluster.worker_groups)]
+    # The in-tree autoscaler moves each group between its min and max replicas.
+    autoscale = autoscale or any(g.min_replicas != g.max_replicas for g in cluster.worker_groups)
     spec: dict[str, Any] = {
         "rayVersion": RAY_VERSION,
-        # The in-tree autoscaler moves each group between its min and max replicas.
-        "enableInTreeAutoscaling": autoscale
-        or any(g.min_replicas != g.max_replicas for g in cluster.worker_groups),
+        "enableInTreeAutoscaling": autoscale,
         "headGroupSpec": head_group(ctx, serve_port),
     }
+    if autoscale:
+        # KubeRay injects the autoscaler container into the head pod; it runs as non-root like the rest.
+        spec["autoscalerOptions"] = {"securityContext": container_security()}
     if groups:
         spec["workerGroupSpecs"] = groups
     if cluster.ray_token_secret:

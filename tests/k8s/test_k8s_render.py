@@ -186,6 +186,11 @@ def test_every_pod_runs_as_non_root_with_the_service_account(gpu_workflow):
         for box in spec["containers"]:
             assert box["securityContext"]["runAsNonRoot"] is True
             assert box["securityContext"]["allowPrivilegeEscalation"] is False
+    # KubeRay injects the autoscaler into the head pod; it gets the same non-root context.
+    for obj in objs[1:]:
+        cluster = obj["spec"].get("rayClusterSpec") or obj["spec"]["rayClusterConfig"]
+        assert cluster["enableInTreeAutoscaling"] is True
+        assert cluster["autoscalerOptions"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_ray_token_comes_from_the_secret_in_every_container(gpu_workflow):
