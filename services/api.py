@@ -1,0 +1,131 @@
+"""The HTTP surface: /v1/chat/completions (plain and server-sent events), /v1/models, /health.
+
+`create_api(backend)` builds the FastAPI app around anything that provides the `ChatBackend` members, so the
+routes do not depend on how generation is scheduled (the Serve deployment batches; a test could pass a stub).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mm1.model import MM1Processor
+from services import protocol
+from services.engine import Prompt, StepOutput
+from services.errors import APIError, install_error_handlers
+from services.images import ImagePolicy
+from services.prompts import Limits, build_prompt
+from services.settings import ServeSettings
+
+
+class ChatBackend(Protocol):
+    settings: ServeSettings
+    processor: MM1Processor
+    context_length: int
+    api_key: str | None
+
+    def generate(self, prompt: Prompt) -> AsyncIterator[StepOutput]: ...
+
+
+def _sse(payload: dict[str, Any] | str) -> str:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def create_api(backend: ChatBackend) -> FastAPI:
+    settings = backend.settings
+    policy = ImagePolicy.from_settings(settings)
+    limits = Limits(settings.max_images, backend.context_length, settings.default_max_tokens)
+    started = int(time.time())
+    app = FastAPI(title="MM1 OpenAI-compatible API", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+
+    def authorize(request: Request) -> None:
+        if not backend.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(
+                401, "missing API key: send it as 'Authorization: Bearer KEY'", code="missing_api_key"
+            )
+        if not hmac.compare_digest(token.strip().encode(), backend.api_key.encode()):
+            raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+
+    def check_model(name: str) -> None:
+        if name != settings.model_name:
+            raise APIError(
+                404,
+                f"the model {name!r} does not exist; this server serves {settings.model_name!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": settings.model_name}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [protocol.model_card(settings.model_name, started)]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    async def get_model(name: str) -> dict[str, Any]:
+        check_model(name)
+        return protocol.model_card(settings.model_name, started)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: protocol.ChatCompletionRequest) -> Any:
+        check_model(body.model)
+        prompt = await build_prompt(body, backend.processor, policy, limits)
+        if body.stream:
+            return StreamingResponse(
+                _stream(backend, prompt, body.model, body.include_usage), media_type="text/event-stream"
+            )
+        text, completion_tokens, finish_reason = [], 0, "stop"
+        async for out in backend.generate(prompt):
+            text.append(out.text)
+            completion_tokens = out.completion_tokens
+            finish_reason = out.finish_reason or finish_reason
+        cid = protocol.completion_id()
+        return JSONResponse(
+            protocol.completion(
+                cid, body.model, "".join(text), finish_reason, len(prompt.input_ids), completion_tokens
+            )
+        )
+
+    return app
+
+
+async def _stream(
+    backend: ChatBackend, prompt: Prompt, model: str, include_usage: bool
+) -> AsyncIterator[str]:
+    """SSE: a role delta (sent with the first token, so it measures time to first token honestly), content
+    deltas, a final chunk with finish_reason, the usage chunk when asked for, then [DONE]."""
+    cid, created = protocol.completion_id(), int(time.time())
+
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        return _sse(protocol.chunk(cid, model, created, delta, finish_reason, include_usage))
+
+    completion_tokens, finish_reason, first = 0, "stop", True
+    try:
+        async for out in backend.generate(prompt):
+            if first:
+                yield chunk({"role": "assistant", "content": ""})
+                first = False
+            if out.text:
+                yield chunk({"content": out.text})
+            completion_tokens = out.completion_tokens
+            finish_reason = out.finish_reason or finish_reason
+        yield chunk({}, finish_reason)
+        if include_usage:
+            yield _sse(protocol.usage_chunk(cid, model, created, len(prompt.input_ids), completion_tokens))
+    except Exception as exc:  # headers are sent already: report in-band, as OpenAI does
+        yield _sse(APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error").body())
+    yield _sse("[DONE]")

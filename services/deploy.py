@@ -1,0 +1,139 @@
+"""Put a checkpoint behind the endpoint: the workflow's deploy step (`deploy_winner`) and `mm1 serve`.
+
+Both start the Serve application of services.openai_app on this Ray (local, or the cluster a Ray Job runs
+on) and wait until /health answers over HTTP. The deploy step then asks one question about a freshly drawn
+Shapes scene through the public endpoint, as a smoke test a person can read in the run's summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mm1.config import Workflow
+from services.client import chat
+from services.settings import ServeSettings
+
+Log = Callable[[str], None]
+HEALTH_TIMEOUT_S = 120.0
+
+
+def _client_host(host: str) -> str:
+    # A server bound to every interface is reached through loopback from here.
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def base_url(host: str, port: int, route_prefix: str = "/") -> str:
+    return f"http://{_client_host(host)}:{port}{route_prefix.rstrip('/')}"
+
+
+def wait_healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
+    """Poll `url`/health until it answers 200; raise TimeoutError naming the last problem."""
+    deadline = time.monotonic() + timeout_s
+    problem = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/health", timeout=5)
+            if response.status_code == 200:
+                return
+            problem = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"{url}/health did not answer within {timeout_s:.0f} s ({problem}); if Serve was already running on "
+        "this Ray with other HTTP options, it kept those: stop it (serve shutdown) or use the same host/port"
+    )
+
+
+def start_app(settings: ServeSettings, name: str, host: str, port: int, route_prefix: str = "/") -> str:
+    """Start Ray (if needed), Serve on host:port and the application `name`; return its base URL once healthy."""
+    import ray
+    from ray import serve
+
+    from services.openai_app import build_app
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="mm1")
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(settings.to_args()), name=name, route_prefix=route_prefix, blocking=False)
+    url = base_url(host, port, route_prefix)
+    wait_healthy(url)
+    return url
+
+
+def ask_fresh_shapes_question(
+    url: str, model: str, out_dir: Path, api_key: str | None, log: Log
+) -> dict | None:
+    """One question about a Shapes scene drawn now (so never trained on), asked through the endpoint."""
+    try:
+        import numpy as np
+
+        from mm1.data.shapes import questions, render, sample_scene
+    except ImportError as exc:
+        log(f"[deploy] skipping the sample question: the Shapes generator is unavailable ({exc})")
+        return None
+    seed = secrets.randbits(32)
+    rng = np.random.default_rng(seed)
+    scene = sample_scene(rng)
+    candidates = questions(scene, rng)
+    question = candidates[int(rng.integers(len(candidates)))]
+    image_path = out_dir / "sample.png"
+    render(scene).save(image_path)
+    answer = chat(
+        question.question, [str(image_path)], f"{url}/v1", model=model, api_key=api_key, temperature=0
+    )
+    log(
+        f"[deploy] sample (scene seed {seed}): {question.question!r} -> {answer!r} (truth: {question.answer!r})"
+    )
+    return {"question": question.question, "answer": answer, "truth": question.answer, "seed": seed}
+
+
+def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -> dict:
+    """Serve winner["checkpoint"] as wf.deploy says; return (and write to endpoint.json) its URL and a sample."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deploy = wf.deploy
+    model = deploy.model_name or wf.name
+    if not deploy.enabled:
+        log("[deploy] disabled (deploy.enabled=false): nothing served")
+        return {"url": "", "model": model, "sample": None}
+    settings = ServeSettings.from_deploy(deploy, str(winner["checkpoint"]), model)
+    log(f"[deploy] serving {winner['checkpoint']} as {model!r} on {deploy.host}:{deploy.port}")
+    url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix)
+    log(f"[deploy] healthy: {url}/v1")
+    api_key = os.environ.get(deploy.api_key_env) if deploy.api_key_env else None
+    endpoint: dict[str, Any] = {
+        "url": f"{url}/v1",
+        "model": model,
+        "sample": ask_fresh_shapes_question(url, model, out_dir, api_key, log),
+    }
+    (out_dir / "endpoint.json").write_text(json.dumps(endpoint, indent=2) + "\n")
+    return endpoint
+
+
+def serve_checkpoint(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "mm1") -> None:
+    """`mm1 serve CHECKPOINT`: serve until Ctrl-C (or SIGTERM), then take the application down."""
+    from ray import serve
+
+    url = start_app(ServeSettings(checkpoint=str(checkpoint), model_name=name), name, host, port)
+    print(
+        f"serving {checkpoint} as {name!r} at {url}/v1 (OpenAI-compatible); press Ctrl-C to stop", flush=True
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    serve.delete(name)
