@@ -121,19 +121,27 @@ def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -
     return endpoint
 
 
-def serve_checkpoint(checkpoint: str, host: str = "127.0.0.1", port: int = 8000, name: str = "mm1") -> None:
-    """`mm1 serve CHECKPOINT`: serve until Ctrl-C (or SIGTERM), then take the application down."""
+def serve_checkpoint(
+    checkpoint: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str = "mm1",
+    stop: threading.Event | None = None,
+) -> None:
+    """`mm1 serve`: serve until Ctrl-C, SIGTERM or `stop` is set, then take the application down."""
     from ray import serve
 
     url = start_app(ServeSettings(checkpoint=str(checkpoint), model_name=name), name, host, port)
     print(
         f"serving {checkpoint} as {name!r} at {url}/v1 (OpenAI-compatible); press Ctrl-C to stop", flush=True
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
-    serve.delete(name)
+    finally:
+        serve.delete(name)

@@ -1,0 +1,68 @@
+"""Serve settings from a workflow's deploy section or builder args, and the deployment options they give."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm1.config import loads
+from services.openai_app import deployment_options
+from services.settings import ServeSettings
+
+
+def test_builder_args_round_trip_and_reject_typos():
+    settings = ServeSettings(
+        checkpoint="/ck", model_name="m", allowed_image_hosts=("a.org",), max_batch_size=8
+    )
+    assert ServeSettings.from_args(settings.to_args()) == settings
+    with pytest.raises(ValueError, match="max_batch_sise"):
+        ServeSettings.from_args({"checkpoint": "/ck", "max_batch_sise": 8})
+    with pytest.raises(ValueError, match="checkpoint"):
+        ServeSettings.from_args({"model_name": "m", "checkpoint": ""})
+
+
+def test_from_deploy_section():
+    wf = loads(
+        """
+name: wf
+deploy:
+  gpus_per_replica: 0.5
+  max_batch_size: 32
+  batch_wait_timeout_s: 0.02
+  api_key_env: MY_KEY
+  allowed_image_hosts: [images.example.org]
+  autoscaling: {min_replicas: 1, max_replicas: 3, target_ongoing_requests: 4}
+"""
+    )
+    s = ServeSettings.from_deploy(wf.deploy, "/ck", "wf")
+    assert (s.max_batch_size, s.batch_wait_timeout_s, s.api_key_env) == (32, 0.02, "MY_KEY")
+    assert s.allowed_image_hosts == ("images.example.org",)
+    assert s.torch_device == "cuda"
+    options = deployment_options(s)
+    assert options["ray_actor_options"]["num_gpus"] == 0.5
+    assert options["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 4,
+    }
+    assert "num_replicas" not in options
+    assert options["max_ongoing_requests"] >= 32  # a full batch decoding while the next one fills
+
+
+def test_cpu_replicas_ask_for_no_gpu():
+    options = deployment_options(ServeSettings(checkpoint="/ck", num_replicas=2))
+    assert options["num_replicas"] == 2
+    assert "num_gpus" not in options["ray_actor_options"]
+    assert ServeSettings(checkpoint="/ck").torch_device == "cpu"
+
+
+def test_api_key_reaches_replicas_through_their_environment(monkeypatch):
+    monkeypatch.setenv("SOME_KEY", "s3cret")
+    options = deployment_options(ServeSettings(checkpoint="/ck", api_key_env="SOME_KEY"))
+    assert options["ray_actor_options"]["runtime_env"] == {"env_vars": {"SOME_KEY": "s3cret"}}
+    monkeypatch.delenv("SOME_KEY")
+    assert (
+        "runtime_env"
+        not in deployment_options(ServeSettings(checkpoint="/ck", api_key_env="SOME_KEY"))[
+            "ray_actor_options"
+        ]
+    )
