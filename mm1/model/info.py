@@ -106,10 +106,11 @@ _COLUMNS = (
 def format_model_info(preset: str | Sequence[str] | None = None, seq_len: int = 4096) -> str:
     """A text table of model_info for one preset, several, or (None) all of them."""
     names = list(PRESETS) if preset is None else [preset] if isinstance(preset, str) else list(preset)
-    rows = [[fmt(model_info(name, seq_len)[key]) for _, key, fmt in _COLUMNS] for name in names]
+    infos = [model_info(name, seq_len) for name in names]
+    rows = [[fmt(info[key]) for _, key, fmt in _COLUMNS] for info in infos]
     header = [title for title, _, _ in _COLUMNS]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     note = f"N excludes token embeddings and lm_head; FLOPs are training FLOPs (seq_len={seq_len}), see mm1.model.info"
     return "\n".join([*lines, note])

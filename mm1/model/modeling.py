@@ -30,7 +30,7 @@ from mm1.data.chat import IGNORE_INDEX
 from mm1.model.configuration import MM1Config
 from mm1.model.connectors import AttnPoolConnector, build_connector
 from mm1.model.moe import SparseMoE, add_moe_layers, collect_router_losses
-from mm1.model.packing import document_causal_mask
+from mm1.model.packing import document_ids, packed_attention_mask
 from mm1.model.vision import VisionTower
 
 
@@ -169,11 +169,9 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
             raise ValueError("pixel_values cannot be combined with inputs_embeds (merge the images yourself)")
 
         llm_mask = attention_mask
-        if position_ids is not None and past_length == 0:
-            packed = document_causal_mask(
-                self.config.text_config, inputs_embeds, attention_mask, position_ids
-            )
-            llm_mask = packed if packed is not None else attention_mask
+        docs = document_ids(position_ids) if position_ids is not None and past_length == 0 else None
+        if docs is not None:
+            llm_mask = packed_attention_mask(self.config.text_config, inputs_embeds, attention_mask, docs)
 
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,

@@ -4,7 +4,8 @@ A training row may hold several documents back to back; their `position_ids` res
 Tokens must then attend only to earlier tokens of their own document: a block-diagonal causal mask. We build it
 with transformers' own mask factory, so it comes out in the form the LLM's attention implementation takes
 (4D bool for sdpa, 4D additive float for eager, a BlockMask for flex), and hand it to the LLM, which uses a 4D
-mask as given.
+mask as given. Flash-attention kernels take no 4D mask; they split documents at position restarts themselves
+(varlen), so for them the mask is dropped and `position_ids` carry the documents.
 """
 
 from __future__ import annotations
@@ -21,25 +22,25 @@ from transformers.masking_utils import (
 def document_ids(position_ids: torch.Tensor) -> torch.Tensor | None:
     """[B, L] -> [B, L] document index per token (a new one wherever positions do not step by +1); None if
     every row is a single document."""
+    if position_ids.ndim != 2 or position_ids.shape[1] < 2:
+        return None
     return find_packed_sequence_indices(position_ids)
 
 
-def document_causal_mask(
+def packed_attention_mask(
     text_config: PretrainedConfig,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor,
+    docs: torch.Tensor,
 ) -> torch.Tensor | None:
-    """The causal mask restricted to each token's document (AND the padding mask), or None when not packed.
+    """The causal mask restricted to each token's document (AND the padding mask), for the LLM.
 
     Left-padded generation prompts (positions 0,0,0,0,1,2,...) count as packed: each pad becomes its own
     document, which changes nothing for the real tokens since pads are masked out anyway.
     """
-    if position_ids.ndim != 2 or inputs_embeds.shape[1] < 2:
+    if "flash" in (text_config._attn_implementation or ""):
         return None
-    docs = document_ids(position_ids.expand(inputs_embeds.shape[0], -1))
-    if docs is None:
-        return None
+    docs = docs.expand(inputs_embeds.shape[0], -1)
     if attention_mask is None:
         # An explicit all-ones mask keeps transformers from running its own packed-sequence detection, which
         # would remap indices to positions before our document function sees them.
@@ -49,6 +50,5 @@ def document_causal_mask(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         cache=None,
-        position_ids=position_ids,
         and_mask_function=packed_sequence_mask_function(docs),
     )

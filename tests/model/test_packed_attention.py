@@ -74,5 +74,5 @@ def test_packed_loss_equals_token_weighted_separate_losses(tokenizer):
         ]
     # Each document's first label is IGNORE_INDEX (<s>), so no token predicts across the boundary.
     counts = [len(d.input_ids) - 1 for d in docs]
-    expected = sum(loss * n for loss, n in zip(parts, counts)) / sum(counts)
+    expected = sum(loss * n for loss, n in zip(parts, counts, strict=True)) / sum(counts)
     assert torch.allclose(packed, expected, atol=1e-5)
