@@ -8,6 +8,8 @@ Losses (per MoE layer, over the T tokens of the batch, E experts, top-k routing)
   load balancing  E * sum_e f_e * p_e, f_e = share of the T*k routing slots sent to expert e,
                   p_e = mean router probability of e (Switch Transformer; 1.0 when perfectly balanced).
   router z-loss   mean_t logsumexp(router logits_t)^2 (ST-MoE; keeps logits small and routing stable).
+The T tokens include padding (an MLP does not see the attention mask); packed rows have little of it.
+Experts that receive no token in a step get no gradient: under DDP use find_unused_parameters=True.
 """
 
 from __future__ import annotations

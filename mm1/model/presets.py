@@ -14,7 +14,7 @@ from typing import Any
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from mm1.data.chat import BOS, EOS, IMAGE, PAD
+from mm1.data.chat import BOS, EOS, IMAGE, PAD, stop_token_ids
 from mm1.model.configuration import MM1Config
 from mm1.model.modeling import MM1ForConditionalGeneration, upcycle_to_moe
 from mm1.model.vision import vision_config_from_pretrained
@@ -212,6 +212,10 @@ def build_mm1(
         _load_llm(model, llm)
     if moe[0]:
         upcycle_to_moe(model, *moe)
+    if tokenizer is not None:
+        # Saved as generation_config.json beside the weights, so a bare generate() ends answers at <|end|>.
+        model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+        model.generation_config.suppress_tokens = [config.image_token_id]
     return model
 
 

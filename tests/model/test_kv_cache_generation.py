@@ -84,10 +84,11 @@ def test_saved_checkpoint_answers_in_a_fresh_process(model, processor, tmp_path)
         model = transformers.AutoModelForImageTextToText.from_pretrained({str(tmp_path)!r}).eval()
         processor = MM1Processor.from_pretrained({str(tmp_path)!r})
         enc = processor.encode_chat([{{"role": "user", "content": "<image>\\nwhat is this?"}}], [{str(image_path)!r}])
-        out = model.generate(**enc, max_new_tokens=8, do_sample=False, eos_token_id=processor.stop_token_ids(),
-                             pad_token_id=processor.tokenizer.pad_token_id)
+        # No stop or pad ids passed: the saved generation_config.json supplies them.
+        out = model.generate(**enc, max_new_tokens=8, do_sample=False)
         new = out[0, enc["input_ids"].shape[1]:].tolist()
-        json.dump({{"class": type(model).__name__, "tokens": new}}, sys.stdout)
+        json.dump({{"class": type(model).__name__, "tokens": new,
+                   "eos": model.generation_config.eos_token_id}}, sys.stdout)
         """
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -95,6 +96,7 @@ def test_saved_checkpoint_answers_in_a_fresh_process(model, processor, tmp_path)
     reply = json.loads(result.stdout.strip().splitlines()[-1])
     assert reply["class"] == "MM1ForConditionalGeneration"
     stops = processor.stop_token_ids()
+    assert reply["eos"] == stops
     tokens = reply["tokens"]
     tokens = tokens[: next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
     assert processor.decode(tokens).strip() == expected[0] and tokens
