@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ CRD_FILES = {
     ("ray.io/v1", "RayService"): "kuberay/ray.io_rayservices.yaml",
 }
 COMPOSE_SPEC = "compose/compose-spec.json"
+# kubernetes-validate is a dev dependency (its schemas are ~100 MB): without it, core objects skip the schema
+# layer (the CRDs, which matter most, do not need it).
+HAVE_CORE_SCHEMAS = importlib.util.find_spec("kubernetes_validate") is not None
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 1 MB+ each: libyaml is 5x faster
 
@@ -169,7 +173,10 @@ def _core_registry(version: str) -> referencing.Registry:
 
 @cache
 def core_validator(api_version: str, kind: str, version: str = K8S_VERSION) -> Any | None:
-    """A validator for a built-in kind, or None when kubernetes-validate has no schema for it (a CRD)."""
+    """A validator for a built-in kind, or None when kubernetes-validate has no schema for it (a CRD) or is
+    not installed."""
+    if not HAVE_CORE_SCHEMAS:
+        return None
     # rbac.authorization.k8s.io/v1 -> rbac-v1, apps/v1 -> apps-v1, v1 -> v1 (kubernetes-validate's naming)
     group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
     path = core_schema_dir(version) / f"{kind.lower()}-{group_version}.json"

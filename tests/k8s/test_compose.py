@@ -145,7 +145,7 @@ def test_grafana_provisions_rays_dashboards_and_the_prometheus_source(compose):
 
 
 def test_ray_dashboard_is_wired_to_grafana_and_prometheus(compose):
-    env = compose["services"]["ray-head"]["environment"]
+    env = interpolate(compose["services"]["ray-head"]["environment"], {"RAY_AUTH_TOKEN": TOKEN})
     assert env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090"
     assert env["RAY_GRAFANA_HOST"] == "http://grafana:3000"
     assert env["RAY_GRAFANA_IFRAME_HOST"] == "http://localhost:3000"

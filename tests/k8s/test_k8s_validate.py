@@ -223,3 +223,21 @@ def test_openapi_conversion_follows_the_api_servers_reading():
     assert schema["properties"]["a"]["type"] == ["string", "null"]
     assert "additionalProperties" not in schema["properties"]["free"]
     assert schema["properties"]["map"]["additionalProperties"] == {"type": "string"}
+
+
+def test_without_kubernetes_validate_core_objects_skip_only_the_schema(monkeypatch):
+    # The image installs runtime dependencies only; submit and the deploy step still validate there.
+    from mm1.k8s import schemas
+
+    monkeypatch.setattr(schemas, "HAVE_CORE_SCHEMAS", False)
+    schemas.core_validator.cache_clear()
+    try:
+        configmap, rayjob, service = rendered()
+        assert validate_all([configmap, rayjob, service]) == []
+        broken = copy.deepcopy(configmap)
+        broken["data"]["workflow.yaml"] = 3
+        assert validate(broken) == []  # no core schema to say so
+        assert validate(mutate("metadata.name", "Bad_Name", configmap))  # metadata rules still apply
+        assert validate(mutate("spec.sepc", {}, rayjob))  # CRDs need no kubernetes-validate
+    finally:
+        schemas.core_validator.cache_clear()
