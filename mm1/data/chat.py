@@ -15,8 +15,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedTokenizerBase
+if TYPE_CHECKING:  # typing only: readers import this module in Ray workers that never load transformers
+    from transformers import PreTrainedTokenizerBase
 
 PAD = "<pad>"
 BOS = "<s>"

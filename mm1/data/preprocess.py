@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 # CLIP's normalization constants: the default for every vision tower we build or load.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -78,6 +81,8 @@ def to_pixel_values(
     std: tuple[float, float, float] = CLIP_STD,
 ) -> torch.Tensor:
     """uint8 [N, H, W, 3] (or a list of [H, W, 3]) -> normalized float32 [N, 3, H, W]."""
+    import torch  # here, not at the top: Ray Data workers that only decode and resize never load torch
+
     stacked = np.stack(list(arrays)) if isinstance(arrays, list) else arrays
     if stacked.size == 0:
         return torch.zeros(0, 3, 1, 1)

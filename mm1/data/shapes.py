@@ -104,9 +104,7 @@ def _text_extent(text: str, size: int) -> tuple[int, int, int, int]:
 
 def separated(a: Box, b: Box, margin: int = MARGIN) -> bool:
     """True when at least `margin` background pixels lie between the two boxes on some axis."""
-    return (
-        a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1]
-    )
+    return a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1]
 
 
 def _place(rng: np.random.Generator, width: int, height: int, taken: list[Box]) -> Box | None:
@@ -259,9 +257,7 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
 
     yes = rng.random() < 0.5  # balanced: a present kind half the time, an absent one otherwise
     colour, shape = (present if yes else absent)[int(rng.integers(len(present if yes else absent)))]
-    out.append(
-        Question("exists", f"is there {article(colour)} {colour} {shape}?", "yes" if yes else "no")
-    )
+    out.append(Question("exists", f"is there {article(colour)} {colour} {shape}?", "yes" if yes else "no"))
 
     if scene.word is not None:
         out.append(Question("word", "what word is written?", scene.word.text))

@@ -1,0 +1,161 @@
+"""The training data of one candidate: ingest shards -> packed, model-ready rows (a Ray Dataset) -> tensors.
+
+`build_train_dataset` is called per candidate (resolution, image grid and image tokens differ), reads the
+model-independent shards written by ingest, and yields PACKED rows (see mm1.data.packing for the layout and
+the truncation rule):
+    input_ids, labels, position_ids  int32 [seq_len]   (positions restart at 0 at each document)
+    num_tokens, num_images           int32             (real tokens; images, not crops)
+    images                           uint8 [num_images * crops, image_size, image_size, 3]
+with crops = image_grid**2 + 1 when splitting (row-major crops, then the overview: mm1.data.preprocess
+.split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors; use it as
+`iter_torch_batches(collate_fn=collate_packed)`, e.g. on `ray.train.get_dataset_shard("train")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from mm1.data import files
+from mm1.data.packing import PackSpec, expand, pack
+from mm1.data.preprocess import split_image
+
+PACK_WINDOW = 256  # samples packed per chunk; larger = fewer half-empty rows at chunk ends
+
+
+def _list_column(table: pa.Table, name: str) -> list[np.ndarray]:
+    """A list<int32> column as numpy slices of one flat buffer (no per-element Python objects)."""
+    column = table.column(name).combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False)
+    offsets = column.offsets.to_numpy()
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(column))]
+
+
+def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int) -> dict[str, np.ndarray]:
+    """Shard rows (source, input_ids, labels, images) -> packed rows with decoded, resized images."""
+    ids, labels = _list_column(table, "input_ids"), _list_column(table, "labels")
+    images = table.column("images").to_pylist()
+    samples = (expand(i, lab, im, spec) for i, lab, im in zip(ids, labels, images, strict=True))
+    rows = list(pack(samples, spec))
+    crops = image_grid * image_grid + 1 if image_grid > 1 else 1
+    pixels = np.empty(len(rows), dtype=object)
+    for r, row in enumerate(rows):
+        decoded = [crop for png in row.images for crop in split_image(png, image_size, image_grid)]
+        pixels[r] = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+        assert len(decoded) == len(row.images) * crops
+    return {
+        "input_ids": np.stack([r.input_ids for r in rows]),
+        "labels": np.stack([r.labels for r in rows]),
+        "position_ids": np.stack([r.position_ids for r in rows]),
+        "num_tokens": np.array([r.num_tokens for r in rows], dtype=np.int32),
+        "num_images": np.array([len(r.images) for r in rows], dtype=np.int32),
+        "images": pixels,
+    }
+
+
+def pack_spec(shard_dir: str, *, image_tokens_per_image: int, seq_len: int, max_images: int) -> PackSpec:
+    """Token ids from the tokenizer that ingest saved beside the shards (shard_dir/../tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from mm1.data.chat import IMAGE
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(shard_dir).parent / "tokenizer"))
+    spec = PackSpec(
+        seq_len=seq_len,
+        max_images=max_images,
+        image_tokens=image_tokens_per_image,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
+        pad_id=tokenizer.pad_token_id,
+    )
+    spec.check()
+    return spec
+
+
+def shard_files(shard_dir: str) -> list[str]:
+    found = sorted(str(p) for p in Path(shard_dir).glob("*.parquet"))
+    if not found:
+        raise FileNotFoundError(f"no *.parquet shards in {shard_dir}: run the ingest step first")
+    return found
+
+
+def _read_and_pack(
+    batch: pa.Table, spec: PackSpec, image_size: int, image_grid: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """One shard file per call: read it, pack its samples, decode their images; rows leave in chunks so the
+    trainer can start before the file is done."""
+    for path in batch.column("path").to_pylist():
+        with files.open_input(path) as f:
+            table = pq.read_table(f, columns=["input_ids", "labels", "images"])
+        for start in range(0, table.num_rows, PACK_WINDOW):
+            yield pack_table(table.slice(start, PACK_WINDOW), spec, image_size, image_grid)
+
+
+def build_train_dataset(
+    shard_dir: str,
+    *,
+    image_size: int,
+    image_grid: int,
+    image_tokens_per_image: int,
+    seq_len: int,
+    max_images: int,
+    seed: int,
+) -> ray.data.Dataset:
+    """Packed training rows for one candidate (one pass = one epoch: every sample lands in exactly one row).
+
+    One Ray task per shard file (in a seeded order) reads, packs, decodes, resizes and splits: a single
+    fused stage, no pandas, numpy batches. Packing never crosses a file, so the same seed gives the same
+    rows every epoch; shuffle rows in the trainer (e.g. `local_shuffle_buffer_size`) if wanted.
+    """
+    spec = pack_spec(
+        shard_dir, image_tokens_per_image=image_tokens_per_image, seq_len=seq_len, max_images=max_images
+    )
+    paths = shard_files(shard_dir)
+    order = np.random.default_rng(seed).permutation(len(paths))
+    tasks = ray.data.from_items([{"path": paths[i]} for i in order], override_num_blocks=len(paths))
+    return tasks.map_batches(
+        _read_and_pack,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"spec": spec, "image_size": image_size, "image_grid": image_grid},
+    )
+
+
+class PackedCollate(NumpyBatchCollateFn):
+    """Packed rows -> model inputs: input_ids/labels/position_ids/attention_mask [B, L] long, and
+    pixel_values [N, 3, H, W] float (CLIP-normalized by mm1.data.preprocess.to_pixel_values), the images of
+    all rows in row-major order. A NumpyBatchCollateFn, so Ray hands it numpy batches without warnings."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
+        from mm1.data.preprocess import to_pixel_values
+
+        input_ids = torch.from_numpy(np.asarray(batch["input_ids"], dtype=np.int64))
+        num_tokens = torch.from_numpy(np.asarray(batch["num_tokens"], dtype=np.int64))
+        images = batch["images"]
+        if images.dtype == object:  # ragged: one [n_i, H, W, 3] array per row
+            stacked = np.concatenate([np.asarray(x) for x in images])
+        else:  # every row had the same number of images: Ray gives one [B, n, H, W, 3] array
+            stacked = images.reshape(-1, *images.shape[2:])
+        pixel_values = (
+            to_pixel_values(stacked)
+            if len(stacked)
+            else torch.zeros(0, 3, stacked.shape[1], stacked.shape[2], dtype=torch.float32)
+        )
+        return {
+            "input_ids": input_ids,
+            "labels": torch.from_numpy(np.asarray(batch["labels"], dtype=np.int64)),
+            "position_ids": torch.from_numpy(np.asarray(batch["position_ids"], dtype=np.int64)),
+            "attention_mask": (torch.arange(input_ids.shape[1])[None, :] < num_tokens[:, None]).long(),
+            "pixel_values": pixel_values,
+        }
+
+
+# `collate_packed(batch)` or `iter_torch_batches(collate_fn=collate_packed)`.
+collate_packed = PackedCollate()
