@@ -202,14 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'fix your input or environment', printed as one line without a traceback."""
+    errors: list[type[BaseException]] = [ConfigError, UserError]
+    try:
+        from mm1.k8s.render import RenderError
+        from mm1.k8s.submit import K8sError
+
+        errors += [RenderError, K8sError]
+    except ImportError:  # the kubernetes client is optional for local use
+        pass
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except UserError as exc:
+    except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -86,6 +86,14 @@ class ClusterConfig:
     # Secrets are referenced, never inlined: the Ray auth token and (for s3) storage credentials.
     ray_token_secret: str = "ray-auth-token"
     storage_secret: str = ""
+    # Kubernetes secrets holding registry credentials for the image.
+    image_pull_secrets: list[str] = field(default_factory=list)
+    # Extra environment on the head pod (e.g. RAY_GRAFANA_HOST so the dashboard embeds Grafana).
+    head_env: dict[str, str] = field(default_factory=dict)
+    # Seconds a finished RayJob (and its cluster) is kept before deletion (0 = at once).
+    ttl_seconds_after_finished: int = 0
+    # Retries of a failed RayJob; each resumes from the run folder.
+    backoff_limit: int = 0
     active_deadline_seconds: int = 86400
     pre_running_deadline_seconds: int = 1800
     shutdown_after_job_finishes: bool = True
@@ -241,6 +249,8 @@ class DeployConfig:
     batch_wait_timeout_s: float = 0.01
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
+    # On Kubernetes: the Secret (key `api-key`) the serving pods read the API key from (empty = no key).
+    api_key_secret: str = ""
     max_images: int = 4
     max_image_bytes: int = 10_000_000
     max_image_pixels: int = 16_000_000
@@ -311,7 +321,10 @@ def loads(text: str, source: str = "<workflow>", overrides: Sequence[str] = ()) 
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(
-            source, "", "the top level must be a mapping of sections (name, data, model, ...)", lines.get("", 1)
+            source,
+            "",
+            "the top level must be a mapping of sections (name, data, model, ...)",
+            lines.get("", 1),
         )
     overridden = apply_overrides(document, overrides, source)
     checker = SchemaChecker(source, lines, overridden)
