@@ -90,6 +90,7 @@ def _train_candidates(
             max_images=wf.data.max_images,
             seed=stage.seed,
         )
+        dataset.set_name(f"{wf.run_name}-{stage_name}-{cand.name}")  # how it reads in the Ray dashboard
         metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
         outcome = fit_stage(
             stage_name=stage_name,
