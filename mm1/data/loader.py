@@ -4,7 +4,8 @@
 model-independent shards written by ingest, and yields PACKED rows (see mm1.data.packing for the layout and
 the truncation rule):
     input_ids, labels, position_ids  int32 [seq_len]   (positions restart at 0 at each document)
-    num_tokens, num_images           int32             (real tokens; images, not crops)
+    num_tokens, num_images,          int32             (real tokens; images, not crops; documents)
+    num_samples
     images                           uint8 [num_images * crops, image_size, image_size, 3]
 with crops = image_grid**2 + 1 when splitting (row-major crops, then the overview: mm1.data.preprocess
 .split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors; use it as
@@ -55,6 +56,7 @@ def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int
         "position_ids": np.stack([r.position_ids for r in rows]),
         "num_tokens": np.array([r.num_tokens for r in rows], dtype=np.int32),
         "num_images": np.array([len(r.images) for r in rows], dtype=np.int32),
+        "num_samples": np.array([r.num_samples for r in rows], dtype=np.int32),
         "images": pixels,
     }
 

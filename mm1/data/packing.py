@@ -6,8 +6,8 @@ Per sample, in shard order:
   its first `seq_len` tokens, but never cuts through an image's token run; the cut moves back to just
   before that image, and the image is dropped. The tail is lost (pre-training documents and SFT
   conversations are short next to seq_len; splitting would orphan answers from their questions).
-Samples are packed greedily in order (next-fit): a row is closed when the next sample would overflow its
-`seq_len` tokens or `max_images` images. Each sample lands in exactly one row, whole.
+Samples are packed greedily (first-fit over a few open rows): a sample joins the first open row that still
+has room for its tokens (`seq_len`) and images (`max_images`). Each sample lands in exactly one row, whole.
 
 Row layout (what the model sees; see also mm1.model.packing):
 - `input_ids` [seq_len]: the samples back to back, then `pad_id` up to seq_len.
@@ -104,17 +104,22 @@ def _row(samples: list[Sample], spec: PackSpec) -> PackedRow:
     return PackedRow(ids, labels, positions, n, images, len(samples))
 
 
-def pack(samples: Iterable[Sample], spec: PackSpec) -> Iterator[PackedRow]:
-    """Greedy next-fit packing of expanded samples, in order."""
-    current: list[Sample] = []
-    tokens = images = 0
+def pack(samples: Iterable[Sample], spec: PackSpec, open_rows: int = 8) -> Iterator[PackedRow]:
+    """Greedy first-fit packing, in order: each sample goes into the first open row with room for its
+    tokens and images, else into a new row; at most `open_rows` rows stay open (the oldest is closed
+    first), so memory is bounded and rows keep roughly the stream's order."""
+    rows: list[tuple[list[Sample], list[int]]] = []  # (samples, [tokens, images])
     for sample in samples:
         size, count = len(sample.input_ids), len(sample.images)
-        if current and (tokens + size > spec.seq_len or images + count > spec.max_images):
-            yield _row(current, spec)
-            current, tokens, images = [], 0, 0
-        current.append(sample)
-        tokens += size
-        images += count
-    if current:
-        yield _row(current, spec)
+        for members, used in rows:
+            if used[0] + size <= spec.seq_len and used[1] + count <= spec.max_images:
+                members.append(sample)
+                used[0] += size
+                used[1] += count
+                break
+        else:
+            if len(rows) == open_rows:
+                yield _row(rows.pop(0)[0], spec)
+            rows.append(([sample], [size, count]))
+    for members, _ in rows:
+        yield _row(members, spec)
