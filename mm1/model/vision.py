@@ -8,12 +8,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
-# Parameters the towers own but never use for patch features: CLIP's post_layernorm only feeds the pooled CLS
-# output, SigLIP's head only the pooled output. They are kept (so checkpoints load unchanged) but frozen, so
-# every trainable parameter receives a gradient (DDP requires it).
-UNUSED_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "clip_vision_model": ("post_layernorm.",),
-    "siglip_vision_model": ("head.",),
+# Submodules the towers own but never use for patch features: CLIP's post_layernorm only feeds the pooled CLS
+# output, SigLIP's attention-pooling head only the pooled output. They are replaced by nn.Identity, so every
+# parameter of the tower receives a gradient (DDP requires it, and a reloaded checkpoint cannot bring them back
+# as trainable); their weights in pretrained checkpoints are skipped on load.
+UNUSED_MODULES: dict[str, tuple[str, ...]] = {
+    "clip_vision_model": ("post_layernorm",),
+    "siglip_vision_model": ("head",),
 }
 
 
@@ -38,15 +39,18 @@ class VisionTower(nn.Module):
                 f"{type(self.model).__name__} was built for {self.native_size} px and cannot interpolate its "
                 f"position embeddings to image_size={image_size}"
             )
-        unused = UNUSED_PARAMETERS.get(vision_config.model_type, ())
-        for name, param in self.model.named_parameters():
-            if name.startswith(unused):
-                param.requires_grad_(False)
+        self.unused = tuple(
+            m for m in UNUSED_MODULES.get(vision_config.model_type, ()) if hasattr(self.model, m)
+        )
+        for name in self.unused:
+            setattr(self.model, name, nn.Identity())
 
     def load_pretrained(self, name_or_path: str) -> None:
         """Copy weights from a HF vision checkpoint (a vision-only or a full CLIP/SigLIP one)."""
         pretrained = type(self.model).from_pretrained(name_or_path)
-        missing, unexpected = self.model.load_state_dict(pretrained.state_dict(), strict=False)
+        skipped = tuple(f"{name}." for name in self.unused)
+        state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith(skipped)}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
                 f"vision weights from {name_or_path} do not fit: missing {missing}, unexpected {unexpected}"
