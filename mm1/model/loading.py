@@ -51,7 +51,8 @@ def load_for_inference(
     return model, processor
 
 
-def _left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[1, L_i] prompts -> input_ids and attention_mask [B, max L], padded on the left for generation."""
     length = max(row.shape[-1] for row in rows)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -59,6 +60,9 @@ def _left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torc
         ids[i, length - row.shape[-1] :] = row[0]
         mask[i, length - row.shape[-1] :] = 1
     return ids, mask
+
+
+_left_pad = left_pad  # the name mm1.eval.generation imports
 
 
 @torch.inference_mode()
@@ -79,7 +83,7 @@ def generate_answers(
         encoded = [
             processor.encode_chat(turns, images) for turns, images in chats[start : start + batch_size]
         ]
-        input_ids, attention_mask = _left_pad([e["input_ids"] for e in encoded], pad_id)
+        input_ids, attention_mask = left_pad([e["input_ids"] for e in encoded], pad_id)
         pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         pixel_values = torch.cat(pixels).to(model.device, model.dtype) if pixels else None
         settings = {

@@ -76,3 +76,20 @@ def test_packed_loss_equals_token_weighted_separate_losses(tokenizer):
     counts = [len(d.input_ids) - 1 for d in docs]
     expected = sum(loss * n for loss, n in zip(parts, counts, strict=True)) / sum(counts)
     assert torch.allclose(packed, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_pseudo_document_keeps_gradients_finite(tokenizer, attn):
+    """mm1.data.packing pads a row with a masked pseudo-document (positions 0, 1, 2, ...): its queries see no
+    key at all, which must not turn into NaN logits or gradients."""
+    model = make_model(tokenizer).train()
+    model.set_attn_implementation(attn)
+    ids = torch.tensor([[1, 20, 21, 22, 2, 1, 30, 31, 2, 0, 0, 0]])
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2]])
+    mask = torch.tensor([[1] * 9 + [0] * 3])
+    labels = ids.clone()
+    labels[0, [0, 5, 9, 10, 11]] = -100
+    out = model(input_ids=ids, position_ids=positions, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    assert out.logits.isfinite().all() and out.loss.isfinite()
+    assert all(p.grad.isfinite().all() for p in model.parameters() if p.grad is not None)
