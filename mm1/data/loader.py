@@ -114,10 +114,10 @@ def build_train_dataset(
     fused stage, no pandas, numpy batches. Packing never crosses a file, so the same seed gives the same
     rows every epoch; shuffle rows in the trainer (e.g. `local_shuffle_buffer_size`) if wanted.
     """
+    paths = shard_files(shard_dir)
     spec = pack_spec(
         shard_dir, image_tokens_per_image=image_tokens_per_image, seq_len=seq_len, max_images=max_images
     )
-    paths = shard_files(shard_dir)
     order = np.random.default_rng(seed).permutation(len(paths))
     tasks = ray.data.from_items([{"path": paths[i]} for i in order], override_num_blocks=len(paths))
     return tasks.map_batches(

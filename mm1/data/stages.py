@@ -49,7 +49,7 @@ SHARD_SCHEMA = pa.schema(
 # ----------------------------------------------------------------------------------------- read + verify
 
 
-def _verified_row(item) -> dict:
+def verified_row(item) -> dict:
     if isinstance(item, Record):
         return {
             "source": item.source,
@@ -83,7 +83,7 @@ def _read_and_verify(batch: pa.Table, options: ReadOptions) -> Iterator[pa.Table
     for task in batch.to_pylist():
         rows = []
         for item in load_file(task["source"], task["path"], options):
-            rows.append(_verified_row(item))
+            rows.append(verified_row(item))
             if len(rows) == CHUNK_ROWS:
                 yield pa.Table.from_pylist(rows, schema=VERIFIED_SCHEMA)
                 rows = []
