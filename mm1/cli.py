@@ -125,7 +125,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_model_info(args: argparse.Namespace) -> int:
     from mm1.model.info import format_model_info
 
-    print(format_model_info(args.preset))
+    print(format_model_info(None if args.preset == "all" else args.preset))
     return 0
 
 
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     info = sub.add_parser("model-info", help="parameters, image tokens and FLOPs of a preset")
-    info.add_argument("preset")
+    info.add_argument("preset", help="tiny | mm1-3b | mm1-7b | mm1-30b | mm1-3b-moe | mm1-7b-moe | all")
     info.set_defaults(func=cmd_model_info)
 
     data = sub.add_parser("data", help="corpus tools")
