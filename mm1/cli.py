@@ -124,7 +124,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from mm1.model.info import format_model_info
+    from mm1.model.presets import PRESETS
 
+    if args.preset != "all" and args.preset not in PRESETS:
+        raise UserError(f"unknown preset '{args.preset}'; known presets: {', '.join(sorted(PRESETS))}, all")
     print(format_model_info(None if args.preset == "all" else args.preset))
     return 0
 
