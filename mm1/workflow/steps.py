@@ -183,9 +183,17 @@ def run_select(ctx: StepContext) -> StepResult:
 
 
 def run_deploy(ctx: StepContext) -> StepResult:
+    winner = ctx.upstream["select"]["outputs"]["winner"]
+    if ctx.wf.cluster.backend == "k8s" and ctx.wf.deploy.enabled:
+        # On Kubernetes the winner is served by a RayService of its own, outliving this job's cluster.
+        from mm1.k8s.submit import apply_service
+
+        url = apply_service(ctx.wf, winner["checkpoint"])
+        return StepResult(
+            outputs={"url": url, "model": ctx.wf.deploy.model_name or ctx.wf.name}, headline={"endpoint": url}
+        )
     from services.deploy import deploy_winner
 
-    winner = ctx.upstream["select"]["outputs"]["winner"]
     endpoint = deploy_winner(ctx.wf, winner, ctx.out, log=ctx.log)
     return StepResult(outputs=endpoint, headline={"endpoint": endpoint.get("url", "")})
 
