@@ -187,6 +187,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_workers: int = 1
     cpus_per_worker: float = 1
+    # How Ray places the workers: PACK fills a node first, SPREAD puts them on different nodes.
+    placement_strategy: str = choice("PACK", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
     use_gpu: bool = False
     strategy: str = choice("ddp", "ddp", "fsdp")
     # bf16 autocast is for GPUs; on CPU keep fp32 (bf16 is emulated there, ~400x slower).
