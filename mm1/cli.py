@@ -78,6 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.address:  # the command line's address satisfies (and wins over) cluster.address
+        args.overrides = [*args.overrides, f"cluster.address={args.address}"]
     wf = _load(args)
     if args.k8s:
         from mm1.k8s.submit import submit_k8s
