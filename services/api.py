@@ -107,25 +107,38 @@ async def _stream(
     backend: ChatBackend, prompt: Prompt, model: str, include_usage: bool
 ) -> AsyncIterator[str]:
     """SSE: a role delta (sent with the first token, so it measures time to first token honestly), content
-    deltas, a final chunk with finish_reason, the usage chunk when asked for, then [DONE]."""
+    deltas, a final chunk with finish_reason, the usage chunk when asked for, then [DONE].
+
+    Events that are ready together leave as one write: each write is a message from the replica to the
+    HTTP proxy, and those cost more than the bytes in them.
+    """
     cid, created = protocol.completion_id(), int(time.time())
 
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
         return _sse(protocol.chunk(cid, model, created, delta, finish_reason, include_usage))
 
     completion_tokens, finish_reason, first = 0, "stop", True
+    pending: list[str] = []
     try:
         async for out in backend.generate(prompt):
             if first:
-                yield chunk({"role": "assistant", "content": ""})
+                pending.append(chunk({"role": "assistant", "content": ""}))
                 first = False
             if out.text:
-                yield chunk({"content": out.text})
+                pending.append(chunk({"content": out.text}))
             completion_tokens = out.completion_tokens
             finish_reason = out.finish_reason or finish_reason
-        yield chunk({}, finish_reason)
+            if out.finish_reason is None and pending:
+                yield "".join(pending)
+                pending = []
+        pending.append(chunk({}, finish_reason))
         if include_usage:
-            yield _sse(protocol.usage_chunk(cid, model, created, len(prompt.input_ids), completion_tokens))
+            pending.append(
+                _sse(protocol.usage_chunk(cid, model, created, len(prompt.input_ids), completion_tokens))
+            )
     except Exception as exc:  # headers are sent already: report in-band, as OpenAI does
-        yield _sse(APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error").body())
-    yield _sse("[DONE]")
+        pending.append(
+            _sse(APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error").body())
+        )
+    pending.append(_sse("[DONE]"))
+    yield "".join(pending)

@@ -55,6 +55,16 @@ def wait_healthy(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> None:
     )
 
 
+def _running_http_port() -> int | None:
+    """The port Serve's proxies listen on in this Ray, if Serve runs (no public API says so: best effort)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return int(_get_global_client().http_config.port)
+    except Exception:  # a private API: a change there must not break deploying
+        return None
+
+
 def start_app(settings: ServeSettings, name: str, host: str, port: int, route_prefix: str = "/") -> str:
     """Start Ray (if needed), Serve on host:port and the application `name`; return its base URL once healthy."""
     import ray
@@ -65,6 +75,13 @@ def start_app(settings: ServeSettings, name: str, host: str, port: int, route_pr
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="mm1")
     serve.start(http_options={"host": host, "port": port})
+    running = _running_http_port()
+    if running is not None and running != port:
+        # Serve keeps the HTTP options it was first started with; fail now rather than time out on /health.
+        raise RuntimeError(
+            f"Ray Serve already runs on this Ray with HTTP port {running}, not {port}: use port {running}, "
+            "or stop Serve first (`serve shutdown`)"
+        )
     serve.run(build_app(settings.to_args()), name=name, route_prefix=route_prefix, blocking=False)
     url = base_url(host, port, route_prefix)
     wait_healthy(url)

@@ -81,6 +81,14 @@ async def drain_in_thread(
         await asyncio.shield(future)  # never leave the model to a stray thread when the next batch starts
 
 
+def visible_steps(steps: Iterator[list[StepOutput | None]]) -> Iterator[list[StepOutput | None]]:
+    """Pass on the first step (it marks the first token) and every step with new text or a finish; the
+    others carry nothing a client can see (token counts are cumulative), so they cost no event-loop wake-up."""
+    for index, step in enumerate(steps):
+        if index == 0 or any(out is not None and (out.text or out.finish_reason) for out in step):
+            yield step
+
+
 def merge_steps(steps: list[list[StepOutput | None]], width: int) -> list[StepOutput | None]:
     """Fold consecutive engine steps into one output per request (None: nothing new, already finished)."""
     merged: list[StepOutput | None] = [None] * width
@@ -125,7 +133,8 @@ class ChatServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # replaced from the settings in __init__
     async def _generate_batch(self, prompts: list[Prompt]) -> AsyncIterator[list[Any]]:
         finished = [False] * len(prompts)
-        async for steps in drain_in_thread(lambda: self.engine.generate(prompts), self._executor):
+        produce = lambda: visible_steps(self.engine.generate(prompts))  # noqa: E731
+        async for steps in drain_in_thread(produce, self._executor):
             merged = merge_steps(steps, len(prompts))
             results: list[Any] = []
             for row, out in enumerate(merged):

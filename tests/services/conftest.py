@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import socket
 
 import numpy as np
 import pytest
@@ -21,9 +22,16 @@ SENTENCES = [
     "the word written in the picture is hello",
 ]
 
-# Every Serve test module binds the same HTTP port (Serve keeps the first HTTP options of a Ray session).
 SERVE_HOST = "127.0.0.1"
-SERVE_PORT = 8765
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> int:
+    """A free port, the same for every Serve test module (Serve keeps a Ray session's first HTTP options);
+    not a fixed number, so two test sessions on one machine do not collide."""
+    with socket.socket() as probe:
+        probe.bind((SERVE_HOST, 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from conftest import image_bytes
 from mm1.data.preprocess import load_image
 from mm1.model import generate_answers, load_for_inference
 from services.engine import Engine, Prompt, StepOutput
-from services.openai_app import drain_in_thread, merge_steps
+from services.openai_app import drain_in_thread, merge_steps, visible_steps
 from services.sampling import SamplingParams
 
 TURNS_IMAGE = [{"role": "user", "content": "<image>\nhow many shapes are there?"}]
@@ -89,6 +89,18 @@ def test_merge_steps_concatenates_and_keeps_the_last_state():
     assert merged[0] == StepOutput("abc", 3, "length")
     assert merged[1] == StepOutput("x", 1, "stop")
     assert merge_steps([[None, StepOutput("y", 2)]], 2) == [None, StepOutput("y", 2)]
+
+
+def test_only_steps_a_client_can_see_are_passed_on():
+    steps = [
+        [StepOutput("", 1), StepOutput("", 1)],  # first token: always (it times TTFT)
+        [StepOutput("", 2), StepOutput("", 2)],  # held-back text: nothing to send
+        [StepOutput("a", 3), StepOutput("", 3)],
+        [StepOutput("", 4), StepOutput("", 4, "length")],
+        [StepOutput("", 5), None],
+        [StepOutput("", 6, "stop"), None],
+    ]
+    assert list(visible_steps(iter(steps))) == [steps[0], steps[2], steps[3], steps[5]]
 
 
 def test_drain_in_thread_delivers_everything_then_reraises_failures():

@@ -15,7 +15,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import SERVE_HOST, SERVE_PORT, data_url, image_bytes
+from conftest import SERVE_HOST, data_url, image_bytes
 
 from mm1.data.preprocess import load_image
 from mm1.model import generate_answers, load_for_inference
@@ -24,7 +24,6 @@ APP = "mm1-openai-test"
 MODEL = "tiny-mm1"
 KEY_ENV = "MM1_TEST_API_KEY"
 KEY = "test-key-123"
-BASE = f"http://{SERVE_HOST}:{SERVE_PORT}"
 QUESTION = "how many shapes are there?"
 
 
@@ -64,7 +63,7 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(ray_session, tiny_checkpoint, files, image_host, monkeypatch_module):
+def server(ray_session, serve_port, tiny_checkpoint, files, image_host, monkeypatch_module):
     from ray import serve
 
     from services.openai_app import build_app
@@ -83,10 +82,10 @@ def server(ray_session, tiny_checkpoint, files, image_host, monkeypatch_module):
         "allowed_image_hosts": ["127.0.0.1"],
         "image_fetch_timeout_s": 1.0,
     }
-    serve.start(http_options={"host": SERVE_HOST, "port": SERVE_PORT})
+    serve.start(http_options={"host": SERVE_HOST, "port": serve_port})
     serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
-    yield BASE
-    serve.delete(APP)
+    yield f"http://{SERVE_HOST}:{serve_port}"
+    serve.shutdown()  # the next module (or another team's test) may start Serve with its own HTTP options
 
 
 @pytest.fixture(scope="module")

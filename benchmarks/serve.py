@@ -1,0 +1,510 @@
+"""Serving benchmark: the OpenAI endpoint (batching on and off) against the bare model's in-process generate.
+
+Metrics follow vLLM's serving benchmark (benchmarks/benchmark_serving.py, `calculate_metrics`, and its
+openai-chat request function):
+  TTFT   time from sending a request to the first streamed chunk with choices (our server sends it when the
+         first token has been generated, as vLLM's does);
+  TPOT   per request, (latency - TTFT) / (output_tokens - 1): decode time per token after the first;
+  E2EL   per request, time from sending to the end of the stream;
+  request throughput = completed requests / wall-clock duration of the run.
+Clients are closed-loop (each sends its next request when its previous answer ends), `concurrency` of them:
+vLLM's --max-concurrency with an infinite request rate. Every request is the same Shapes image + question,
+greedy, ignore_eos and a fixed max_tokens, so every request generates exactly the same number of tokens.
+
+Baselines, in this process with the same torch thread count as a replica:
+  bare generate      mm1.model.generate_answers (eval's decoder: Hugging Face generate); at concurrency 8 and 32
+                     one batched call of that many prompts, the best batching could do without a server;
+  engine in-process  services.engine, the endpoint's own decoder, without Serve and HTTP.
+At concurrency 1 the bare, engine and endpoint requests are interleaved round by round, so a shared machine's
+drifting background load hits all of them alike.
+
+    .venv/bin/python benchmarks/serve.py               # table + ratios
+    .venv/bin/python benchmarks/serve.py --load        # + 64 clients for 60 s against the batched endpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+QUESTION = "how many shapes are there?"
+SENTENCES = [
+    "a red circle and a blue square on a white background",
+    "how many shapes are there? there are three shapes.",
+    "what color is the triangle? the triangle is green.",
+]
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    ttft: float = 0.0
+    latency: float = 0.0
+    output_tokens: int = 0
+    error: str = ""
+
+
+@dataclass
+class RunMetrics:
+    label: str
+    concurrency: int
+    results: list[RequestResult]
+    duration: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> list[RequestResult]:
+        return [r for r in self.results if r.ok]
+
+    def summary(self) -> dict:
+        ok = self.ok
+        ttft = [r.ttft for r in ok]
+        e2el = [r.latency for r in ok]
+        tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
+
+        def pct(values: list[float], p: float) -> float:
+            return float(np.percentile(values, p) * 1000) if values else float("nan")
+
+        return {
+            "label": self.label,
+            "concurrency": self.concurrency,
+            "completed": len(ok),
+            "failed": len(self.results) - len(ok),
+            "duration_s": self.duration,
+            "request_throughput": len(ok) / self.duration if self.duration else 0.0,
+            "output_throughput": sum(r.output_tokens for r in ok) / self.duration if self.duration else 0.0,
+            **{
+                f"{name}_p{p}_ms": pct(v, p)
+                for name, v in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el))
+                for p in (50, 99)
+            },
+            **self.extra,
+        }
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+def make_checkpoint(folder: Path) -> str:
+    from mm1.data.tokenizer import train_bpe_tokenizer
+    from mm1.model import MM1Processor, build_mm1, save_for_inference
+
+    torch.manual_seed(0)
+    tokenizer = train_bpe_tokenizer(SENTENCES * 10, vocab_size=320)
+    model = build_mm1("tiny", tokenizer)
+    save_for_inference(model, MM1Processor.from_config(model.config, tokenizer), folder)
+    return str(folder)
+
+
+def benchmark_image() -> bytes:
+    """A Shapes scene when the generator is there (the service's real input), else a fixed random image."""
+    try:
+        from mm1.data.shapes import render, sample_scene
+
+        image = render(sample_scene(np.random.default_rng(0)))
+    except ImportError:
+        from PIL import Image
+
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request_body(png: bytes, max_tokens: int) -> dict:
+    image_url = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    return {
+        "model": "bench",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+# -------------------------------------------------------------------------------------------- bare
+
+
+class _TokenClock:
+    """A generate() streamer that only notes when each step's tokens appear (the first call is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def bare_chat(png: bytes) -> tuple[list[dict], list]:
+    from mm1.data.preprocess import load_image
+
+    return [{"role": "user", "content": f"<image>\n{QUESTION}"}], [load_image(png)]
+
+
+def bare_generate(model, processor, png: bytes, batch: int, max_tokens: int) -> RequestResult:
+    """One generate_answers call on `batch` copies of the prompt (the image decoded once beforehand)."""
+    from mm1.model import generate_answers
+
+    clock = _TokenClock()
+    t0 = time.perf_counter()
+    generate_answers(
+        model,
+        processor,
+        [bare_chat(png)] * batch,
+        max_new_tokens=max_tokens,
+        min_new_tokens=max_tokens,  # ignore EOS: always max_tokens
+        batch_size=batch,
+        streamer=clock,
+    )
+    # times[0] is the prompt, times[1] the first generated token.
+    return RequestResult(True, clock.times[1] - t0, time.perf_counter() - t0, max_tokens)
+
+
+def engine_generate(engine, processor, png: bytes, max_tokens: int) -> RequestResult:
+    """The endpoint's own decoder (services.engine), in this process: the endpoint minus Serve and HTTP."""
+    from services.engine import Prompt
+    from services.sampling import SamplingParams
+
+    t0 = time.perf_counter()
+    encoded = processor.encode_chat(*bare_chat(png))
+    params = SamplingParams(max_tokens, temperature=0, ignore_eos=True)
+    ttft = None
+    for _ in engine.generate([Prompt(encoded["input_ids"][0].tolist(), encoded["pixel_values"], params)]):
+        ttft = ttft or time.perf_counter() - t0
+    return RequestResult(True, ttft or 0.0, time.perf_counter() - t0, max_tokens)
+
+
+def run_bare_batched(model, processor, png: bytes, batch: int, rounds: int, max_tokens: int) -> RunMetrics:
+    bare_generate(model, processor, png, batch, max_tokens)  # warm-up
+    started = time.perf_counter()
+    results = []
+    for _ in range(rounds):
+        results += [bare_generate(model, processor, png, batch, max_tokens)] * batch
+    return RunMetrics("bare generate", batch, results, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------- endpoint
+
+
+async def one_request(client: httpx.AsyncClient, url: str, body: dict, expected_tokens: int) -> RequestResult:
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    done = False
+    try:
+        async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                return RequestResult(False, error=f"HTTP {response.status_code}: {response.text[:200]}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    return RequestResult(False, error=str(event["error"]))
+                # vLLM's openai-chat client: TTFT at the first chunk that has choices. Ours sends the role
+                # chunk when the first token exists, so this is when the first token was generated.
+                if event.get("choices") and ttft is None:
+                    ttft = time.perf_counter() - t0
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+        latency = time.perf_counter() - t0
+    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        return RequestResult(False, error=f"{type(exc).__name__}: {exc}")
+    if not done or tokens != expected_tokens or ttft is None:
+        return RequestResult(False, error=f"incomplete stream: done={done} tokens={tokens}")
+    return RequestResult(True, ttft, latency, tokens)
+
+
+async def closed_loop(
+    url: str, body: dict, concurrency: int, expected_tokens: int, *, requests: int = 0, seconds: float = 0.0
+) -> tuple[list[RequestResult], float]:
+    """`concurrency` clients; stop after `requests` in total, or after `seconds`."""
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
+        # Warm-up: every connection once, not measured.
+        await asyncio.gather(*(one_request(client, url, body, expected_tokens) for _ in range(concurrency)))
+        started = time.perf_counter()
+        deadline = started + seconds
+        remaining = [requests]
+
+        async def worker() -> None:
+            while True:
+                if seconds:
+                    if time.perf_counter() >= deadline:
+                        return
+                else:
+                    if remaining[0] <= 0:
+                        return
+                    remaining[0] -= 1
+                results.append(await one_request(client, url, body, expected_tokens))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results, time.perf_counter() - started
+
+
+async def plain_request(
+    client: httpx.AsyncClient, url: str, body: dict, expected_tokens: int
+) -> RequestResult:
+    """Non-streamed: only the end-to-end latency is observable."""
+    t0 = time.perf_counter()
+    response = await client.post(f"{url}/chat/completions", json={**body, "stream": False})
+    latency = time.perf_counter() - t0
+    if response.status_code != 200 or response.json()["usage"]["completion_tokens"] != expected_tokens:
+        return RequestResult(False, error=f"HTTP {response.status_code}: {response.text[:200]}")
+    return RequestResult(True, latency, latency, expected_tokens)
+
+
+async def paired_single_requests(
+    url: str, body: dict, n: int, max_tokens: int, model, processor, engine, png: bytes
+) -> dict[str, list[RequestResult]]:
+    """Concurrency 1, interleaved: bare generate, engine in-process, endpoint streamed, endpoint plain, repeat.
+
+    On a shared machine the background load drifts; interleaving gives every variant the same conditions.
+    """
+    runs: dict[str, list[RequestResult]] = {"bare": [], "engine": [], "stream": [], "plain": []}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0)) as client:
+        for i in range(n + 2):  # the first two rounds warm up
+            round_results = {
+                "bare": bare_generate(model, processor, png, 1, max_tokens),
+                "engine": engine_generate(engine, processor, png, max_tokens),
+                "stream": await one_request(client, url, body, max_tokens),
+                "plain": await plain_request(client, url, body, max_tokens),
+            }
+            if i >= 2:
+                for key, result in round_results.items():
+                    runs[key].append(result)
+    return runs
+
+
+def as_run(label: str, results: list[RequestResult]) -> RunMetrics:
+    """Sequential requests: the run lasted the sum of their latencies."""
+    return RunMetrics(label, 1, results, sum(r.latency for r in results if r.ok))
+
+
+def start_endpoint(
+    checkpoint: str, name: str, port: int, max_batch_size: int, wait_s: float, threads: int
+) -> str:
+    from ray import serve
+
+    from services.deploy import wait_healthy
+    from services.openai_app import build_app
+
+    args = {
+        "checkpoint": checkpoint,
+        "model_name": "bench",
+        "max_batch_size": max_batch_size,
+        "batch_wait_timeout_s": wait_s,
+        "max_ongoing_requests": max(2 * max_batch_size, 64),
+        "torch_threads": threads,
+    }
+    serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    wait_healthy(base)
+    return f"{base}/v1"
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'run':<26}{'conc':>5}{'ok':>6}{'fail':>5}{'req/s':>8}{'tok/s':>8}"
+        f"{'TTFT p50':>10}{'p99':>8}{'TPOT p50':>10}{'p99':>8}{'E2EL p50':>10}{'p99':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['label']:<26}{r['concurrency']:>5}{r['completed']:>6}{r['failed']:>5}"
+            f"{r['request_throughput']:>8.2f}{r['output_throughput']:>8.0f}"
+            f"{r['ttft_p50_ms']:>10.1f}{r['ttft_p99_ms']:>8.1f}{r['tpot_p50_ms']:>10.2f}{r['tpot_p99_ms']:>8.2f}"
+            f"{r['e2el_p50_ms']:>10.1f}{r['e2el_p99_ms']:>8.1f}"
+        )
+    print("(times in ms; TPOT excludes the first token; bare rows at 8/32 are one batched generate call)")
+
+
+def median_ms(results: list[RequestResult]) -> float:
+    return float(np.median([r.latency for r in results if r.ok]) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", help="an MM1 checkpoint folder (default: a tiny random-init one)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--requests", type=int, default=0, help="requests per level (default 4 x conc, >= 40)"
+    )
+    parser.add_argument("--max-batch-size", type=int, default=32, help="batching-on setting (off = 1)")
+    parser.add_argument(
+        "--batch-wait", type=float, default=0.01, help="batch_wait_timeout_s (deploy default)"
+    )
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads, bare and per replica")
+    parser.add_argument("--port", type=int, default=8777)
+    parser.add_argument(
+        "--load", action="store_true", help="also 64 clients for 60 s on the batched endpoint"
+    )
+    parser.add_argument("--load-clients", type=int, default=64)
+    parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/serve_results.json"))
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from mm1.model import load_for_inference
+    from services.engine import Engine
+
+    torch.set_num_threads(args.torch_threads)
+    checkpoint = args.checkpoint or make_checkpoint(Path(tempfile.mkdtemp(prefix="mm1-bench-")) / "tiny")
+    model, processor = load_for_inference(checkpoint)
+    engine = Engine(model, processor)
+    png = benchmark_image()
+    body = request_body(png, args.max_tokens)
+    print(
+        f"checkpoint {checkpoint}; {args.max_tokens} tokens per request; torch threads {args.torch_threads}"
+    )
+    print(f"load average before: {os.getloadavg()}")
+
+    def n_requests(c: int) -> int:
+        return args.requests or max(4 * c, 40)
+
+    rows: list[dict] = []
+    for c in args.concurrency:
+        if c > 1:
+            rows.append(
+                run_bare_batched(
+                    model, processor, png, c, max(2, n_requests(c) // c), args.max_tokens
+                ).summary()
+            )
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    single: dict[str, dict[str, list[RequestResult]]] = {}
+    load_report = None
+    for label, batch in (("endpoint batched", args.max_batch_size), ("endpoint unbatched", 1)):
+        name = f"bench-{batch}"
+        url = start_endpoint(checkpoint, name, args.port, batch, args.batch_wait, args.torch_threads)
+        for c in args.concurrency:
+            if c == 1:
+                runs = asyncio.run(
+                    paired_single_requests(
+                        url, body, n_requests(1), args.max_tokens, model, processor, engine, png
+                    )
+                )
+                single[label] = runs
+                rows.append(as_run(f"{label} (mbs {batch})", runs["stream"]).summary())
+                continue
+            results, duration = asyncio.run(
+                closed_loop(url, body, c, args.max_tokens, requests=n_requests(c))
+            )
+            rows.append(RunMetrics(f"{label} (mbs {batch})", c, results, duration).summary())
+        if args.load and batch > 1:
+            print(f"load: {args.load_clients} clients for {args.load_seconds:.0f} s ...", flush=True)
+            results, duration = asyncio.run(
+                closed_loop(url, body, args.load_clients, args.max_tokens, seconds=args.load_seconds)
+            )
+            health = httpx.get(url.removesuffix("/v1") + "/health", timeout=10)
+            load_report = {
+                **RunMetrics(f"load (mbs {batch})", args.load_clients, results, duration).summary(),
+                "healthy_after": health.status_code == 200,
+                "errors": sorted({r.error for r in results if not r.ok})[:5],
+            }
+        serve.delete(name)
+    serve.shutdown()
+    ray.shutdown()
+
+    # Bare and engine rows at c=1 pool the rounds paired with both endpoint configurations.
+    bare_1 = [r for runs in single.values() for r in runs["bare"]]
+    engine_1 = [r for runs in single.values() for r in runs["engine"]]
+    rows[:0] = [as_run("bare generate", bare_1).summary(), as_run("engine in-process", engine_1).summary()]
+    print()
+    print_table(rows + ([load_report] if load_report else []))
+    print()
+    ratios: dict[str, float] = {}
+    print("concurrency 1, E2EL p50 of interleaved rounds (same background load for every variant):")
+    for label, runs in single.items():
+        bare, own = median_ms(runs["bare"]), median_ms(runs["engine"])
+        for kind in ("stream", "plain"):
+            value = median_ms(runs[kind])
+            ratios[f"c=1 {label} {kind} / bare"] = value / bare
+            ratios[f"c=1 {label} {kind} / engine"] = value / own
+            verdict = "met" if value / bare <= 1.15 else "NOT met"
+            print(
+                f"  {label:<19} {kind:<6} {value:7.1f} ms = {value / bare:.3f} x bare generate ({bare:.1f} ms; "
+                f"target <= 1.15: {verdict}), {value / own:.3f} x engine in-process ({own:.1f} ms)"
+            )
+    by = {(r["label"].split(" (")[0], r["concurrency"]): r for r in rows}
+    top = max(args.concurrency)
+    if ("endpoint batched", top) in by and ("endpoint unbatched", top) in by:
+        on, off = by[("endpoint batched", top)], by[("endpoint unbatched", top)]
+        gain = on["request_throughput"] / off["request_throughput"]
+        ratios[f"c={top} batched / unbatched request throughput"] = gain
+        print(
+            f"c={top}: request throughput batched / unbatched = {gain:.2f}x (target >= 3: {'met' if gain >= 3 else 'NOT met'})"
+        )
+        if ("bare generate", top) in by:
+            share = on["request_throughput"] / by[("bare generate", top)]["request_throughput"]
+            print(
+                f"c={top}: the batched endpoint delivers {share:.0%} of one bare batched generate call's request throughput"
+            )
+    if load_report:
+        print(
+            f"load: {load_report['label']}, {load_report['concurrency']} clients for {load_report['duration_s']:.0f} s: "
+            f"{load_report['completed']} ok, {load_report['failed']} failed, {load_report['request_throughput']:.1f} req/s, "
+            f"E2EL p50 {load_report['e2el_p50_ms']:.0f} ms p99 {load_report['e2el_p99_ms']:.0f} ms; "
+            f"healthy afterwards: {load_report['healthy_after']}"
+        )
+    print(f"load average after: {os.getloadavg()}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "rows": rows,
+        "ratios": ratios,
+        "load": load_report,
+        "loadavg_after": os.getloadavg(),
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
