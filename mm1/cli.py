@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean 'fix your input or environment', printed as one line without a traceback."""
-    errors: list[type[BaseException]] = [ConfigError, UserError]
+    from mm1.workflow.jobs import JobFailed
+
+    errors: list[type[BaseException]] = [ConfigError, UserError, JobFailed]
     try:
         from mm1.k8s.render import RenderError
         from mm1.k8s.submit import K8sError

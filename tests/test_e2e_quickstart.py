@@ -13,29 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from quickstart_overrides import QUICKSTART, REDUCED
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "workflows" / "quickstart.yaml"
-
-# Small enough for CI, large enough that every step does real work (two candidates, real fits, real serving).
-REDUCED = [
-    "data.shapes.caption_samples=300",
-    "data.shapes.interleaved_docs=60",
-    "data.shapes.text_samples=100",
-    "data.shapes.sft_samples=300",
-    "pretrain.steps=6",
-    "pretrain.checkpoint_every=3",
-    "pretrain.warmup_steps=2",
-    "pretrain.batch_size=4",
-    "sft.steps=4",
-    "sft.checkpoint_every=2",
-    "sft.warmup_steps=1",
-    "sft.batch_size=4",
-    "evaluate.num_scenes=20",
-    "evaluate.num_questions=40",
-    "evaluate.max_new_tokens=8",
-    "deploy.keep_serving=false",
-]
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ it on when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/aut
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -19,6 +20,10 @@ from mm1.config import Workflow
 from mm1.workflow.rundir import is_remote
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class JobFailed(RuntimeError):
+    """A submitted job ended in FAILED or STOPPED (its log was printed while following it)."""
 
 
 def _enable_token_auth() -> None:
@@ -67,8 +72,8 @@ def submit_job(
     submission_id = f"mm1-{wf.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     entrypoint = " ".join(
         [
-            "python -m mm1.cli run workflow.yaml --here",
-            *(f"'{o}'" for o in overrides),
+            "python -m mm1.cli run --here workflow.yaml",
+            *(shlex.quote(o) for o in overrides),
             "deploy.keep_serving=false",
         ]
     )
@@ -87,7 +92,9 @@ def submit_job(
     if follow:
         status = follow_job(job_client, submission_id, log=log)
         if status != "SUCCEEDED":
-            raise RuntimeError(f"job {submission_id} ended {status}")
+            raise JobFailed(
+                f"job {submission_id} ended {status}; see `mm1 logs {submission_id} --address {address}`"
+            )
     return submission_id
 
 
