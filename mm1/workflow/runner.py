@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mm1 import metrics
 from mm1.config import Workflow, dump, to_dict
 from mm1.workflow.fingerprint import step_fingerprint
 from mm1.workflow.rundir import RunDir
@@ -101,6 +102,7 @@ def run_workflow(
             )
             rundir.fetch(step.name)
             manifests[step.name] = previous
+            metrics.step_state(wf.name, step.name, "skipped")
             continue
         why = (
             "forced by --from"
@@ -111,6 +113,7 @@ def run_workflow(
         out = rundir.reset_step(step.name) if step.reset_on_rerun else rundir.local_step_dir(step.name)
         started, t0 = now(), time.perf_counter()
         rundir.write_json(f"{step.name}/state.json", {"status": "running", "started": started})
+        metrics.step_state(wf.name, step.name, "running")
         try:
             result = step.run(StepContext(wf, rundir, out, dict(manifests), log))
         except BaseException as exc:
@@ -123,6 +126,7 @@ def run_workflow(
                     "error": f"{type(exc).__name__}: {exc}",
                 },
             )
+            metrics.step_state(wf.name, step.name, "failed")
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             raise StepFailed(step.name, exc) from exc
@@ -145,6 +149,7 @@ def run_workflow(
             f"{step.name}/state.json", {"status": "done", "started": started, "finished": now()}
         )
         manifests[step.name] = manifest
+        metrics.step_state(wf.name, step.name, "done", duration)
         log(f"[{step.name}] done in {duration:.1f} s {_headline_text(result.headline)}")
     return manifests
 

@@ -171,6 +171,12 @@ def run_select(ctx: StepContext) -> StepResult:
     from mm1.eval.select import select_winner
 
     evaluation = ctx.upstream["evaluate"]["outputs"]
+    from mm1 import metrics
+
+    for result in evaluation["results"]:
+        for name, value in result["metrics"].items():
+            if value is not None:
+                metrics.eval_score(ctx.wf.name, result["candidate"], name, value)
     winner = select_winner(evaluation["results"], ctx.wf.select.metric, ctx.wf.select.mode, out_dir=ctx.out)
     record = winner.to_dict()
     margin = record["margin_over_other_candidate"]
