@@ -46,7 +46,7 @@ def create_api(backend: ChatBackend) -> FastAPI:
     app = FastAPI(title="MM1 OpenAI-compatible API", docs_url=None, redoc_url=None)
     install_error_handlers(app)
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread
         if not backend.api_key:
             return
         header = request.headers.get("authorization", "")
@@ -85,9 +85,11 @@ def create_api(backend: ChatBackend) -> FastAPI:
         check_model(body.model)
         prompt = await build_prompt(body, backend.processor, policy, limits)
         if body.stream:
-            return StreamingResponse(
-                _stream(backend, prompt, body.model, body.include_usage), media_type="text/event-stream"
-            )
+            events = _stream(backend, prompt, body.model, body.include_usage)
+            # Wait for the first token before answering: the headers then leave together with it (one message
+            # from the replica to the proxy instead of two), and a failure before it is a plain HTTP error.
+            first = await anext(events)
+            return StreamingResponse(_prepend(first, events), media_type="text/event-stream")
         text, completion_tokens, finish_reason = [], 0, "stop"
         async for out in backend.generate(prompt):
             text.append(out.text)
@@ -101,6 +103,12 @@ def create_api(backend: ChatBackend) -> FastAPI:
         )
 
     return app
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def _stream(
@@ -119,6 +127,7 @@ async def _stream(
 
     completion_tokens, finish_reason, first = 0, "stop", True
     pending: list[str] = []
+    started = False
     try:
         async for out in backend.generate(prompt):
             if first:
@@ -130,13 +139,16 @@ async def _stream(
             finish_reason = out.finish_reason or finish_reason
             if out.finish_reason is None and pending:
                 yield "".join(pending)
-                pending = []
+                pending, started = [], True
         pending.append(chunk({}, finish_reason))
         if include_usage:
             pending.append(
                 _sse(protocol.usage_chunk(cid, model, created, len(prompt.input_ids), completion_tokens))
             )
-    except Exception as exc:  # headers are sent already: report in-band, as OpenAI does
+    except Exception as exc:
+        if not started:
+            raise  # nothing sent yet: the caller answers with an HTTP error
+        # Headers are sent already: report in-band, as OpenAI does.
         pending.append(
             _sse(APIError(500, f"generation failed: {type(exc).__name__}", code="internal_error").body())
         )
