@@ -1,17 +1,20 @@
 """The ingest step: corpora (real formats, or generated Shapes) -> tokenizer + pre-training/SFT shards + stats.
 
-Ray Data stages (the caller has already called `ray.init`):
-  1. read + verify, one task per corpus file: every reader yields records or counted bad records; images are
-     decoded through mm1.data.preprocess and stored as RGB PNG at native size (resizing happens at training
-     time, per candidate). Fails past `data.max_bad_fraction`, naming the worst files.
-  2. tokenizer: a byte-level BPE trained on the kept text (or `data.tokenizer` loaded), saved to tokenizer/.
-  3. tokenize with mm1.data.chat, ONE `<image>` token per image.
-  4. mixture: a deterministic plan (mm1.data.mixture) picks the pre-training samples per source; copies are
-     placed at planned positions and range-sorted (`sort` with shard boundaries), so each output file is a
-     contiguous, interleaved slice of the mixed stream: `pretrain/part-<first position>.parquet`. SFT samples
-     are shuffled the same way into `sft/`.
+Ray Data stages (the caller has already called `ray.init`; stage code lives in mm1.data.stages):
+  1. read + verify, one task per corpus file (materialized): every reader yields records or counted bad
+     records; images are decoded through mm1.data.preprocess and stored as RGB PNG at native size
+     (resizing happens at training time, per candidate). Fails past `data.max_bad_fraction`, naming the
+     worst files (stats.json is written first).
+  2. tokenizer (driver): a byte-level BPE trained on the kept text (or `data.tokenizer`), saved to tokenizer/.
+  3. plan (driver): the mixture (mm1.data.mixture) gives each pre-training copy a position in one interleaved
+     stream [0, N); SFT samples get a seeded permutation [N, N + M).
+  4. tokenize + scatter, then gather: two map stages and no Ray shuffle. Samples are tokenized with
+     mm1.data.chat (ONE `<image>` token per image) and each copy is written into a fragment of its output
+     file; one task per output file then concatenates its fragments in position order. Output files are
+     contiguous slices of the stream: `pretrain/part-<first position>.parquet`, `sft/part-....parquet`,
+     512 samples each in row groups of 128 (the training loader's unit of work).
 Shard schema: source string, input_ids list<int32>, labels list<int32> (-100 = no loss), images list<binary>
-(PNG, in the order of the `<image>` tokens).
+(PNG, in the order of the `<image>` tokens). The same seed gives the same shard contents.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def resolve_corpora(wf: Workflow, out_dir: Path, progress: bool) -> tuple[dict[s
             print(f"ingest: no corpora named; generating Shapes into {out_dir / 'corpora'}")
         generated = write_shapes_corpora(out_dir / "corpora", wf.data.shapes)
         return {s: [str(p) for p in paths] for s, paths in generated.items()}, True
-    return {s: files.expand_paths(list(p), EXTENSIONS[s]) for s, p in named.items() if p}, False
+    try:
+        return {s: files.expand_paths(list(p), EXTENSIONS[s]) for s, p in named.items() if p}, False
+    except FileNotFoundError as exc:
+        raise IngestError(f"data.corpora: {exc}") from None
 
 
 def _light_table(ds: ray.data.Dataset, columns: list[str]) -> pa.Table:

@@ -89,13 +89,24 @@ def shard_files(shard_dir: str) -> list[str]:
 def _read_and_pack(
     batch: pa.Table, spec: PackSpec, image_size: int, image_grid: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One shard file per call: read it, pack its samples, decode their images; rows leave in chunks so the
-    trainer can start before the file is done."""
-    for path in batch.column("path").to_pylist():
+    """One parquet row group per call: read it, pack its samples, decode their images."""
+    for path, group in zip(
+        batch.column("path").to_pylist(), batch.column("row_group").to_pylist(), strict=True
+    ):
         with files.open_input(path) as f:
-            table = pq.read_table(f, columns=["input_ids", "labels", "images"])
+            table = pq.ParquetFile(f).read_row_group(group, columns=["input_ids", "labels", "images"])
         for start in range(0, table.num_rows, PACK_WINDOW):
             yield pack_table(table.slice(start, PACK_WINDOW), spec, image_size, image_grid)
+
+
+def row_groups(paths: list[str]) -> list[dict]:
+    """(path, row group) work items: small enough to balance two cores, big enough to amortize a task."""
+    items = []
+    for path in paths:
+        with files.open_input(path) as f:
+            groups = pq.ParquetFile(f).metadata.num_row_groups
+        items += [{"path": path, "row_group": g} for g in range(groups)]
+    return items
 
 
 def build_train_dataset(
@@ -110,16 +121,17 @@ def build_train_dataset(
 ) -> ray.data.Dataset:
     """Packed training rows for one candidate (one pass = one epoch: every sample lands in exactly one row).
 
-    One Ray task per shard file (in a seeded order) reads, packs, decodes, resizes and splits: a single
-    fused stage, no pandas, numpy batches. Packing never crosses a file, so the same seed gives the same
-    rows every epoch; shuffle rows in the trainer (e.g. `local_shuffle_buffer_size`) if wanted.
+    One Ray task per parquet row group (in a seeded order) reads, packs, decodes, resizes and splits: a
+    single fused stage, no pandas, numpy batches. Packing never crosses a row group, so the same seed gives
+    the same rows every epoch; shuffle rows in the trainer (e.g. `local_shuffle_buffer_size`) if wanted.
     """
     paths = shard_files(shard_dir)
     spec = pack_spec(
         shard_dir, image_tokens_per_image=image_tokens_per_image, seq_len=seq_len, max_images=max_images
     )
-    order = np.random.default_rng(seed).permutation(len(paths))
-    tasks = ray.data.from_items([{"path": paths[i]} for i in order], override_num_blocks=len(paths))
+    items = row_groups(paths)
+    order = np.random.default_rng(seed).permutation(len(items))
+    tasks = ray.data.from_items([items[i] for i in order], override_num_blocks=len(items))
     return tasks.map_batches(
         _read_and_pack,
         batch_size=1,
@@ -145,6 +157,8 @@ class PackedCollate(NumpyBatchCollateFn):
             stacked = np.concatenate([np.asarray(x) for x in images])
         else:  # every row had the same number of images: Ray gives one [B, n, H, W, 3] array
             stacked = images.reshape(-1, *images.shape[2:])
+            if not stacked.flags.writeable:  # zero-copy from the object store; torch wants to own it
+                stacked = stacked.copy()
         pixel_values = (
             to_pixel_values(stacked)
             if len(stacked)

@@ -18,7 +18,8 @@ import ray
 from mm1.data.readers import ReadOptions, load_file
 from mm1.data.records import SOURCES, Record
 
-ROWS_PER_FILE = 512  # samples per output shard: the unit of parallelism of the training loader
+ROWS_PER_FILE = 512  # samples per output shard file
+ROW_GROUP_ROWS = 128  # samples per parquet row group: one training-loader task each
 CHUNK_ROWS = 256  # rows per block emitted by the readers
 
 VERIFIED_SCHEMA = pa.schema(
@@ -187,7 +188,10 @@ def _gather(batch: pa.Table, layout: Layout) -> pa.Table:
         table = table.sort_by("position")
         part_start = int(Path(folder).name)
         path = layout.final_path(part_start)
-        pq.write_table(table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA), path)
+        # Row groups of ROW_GROUP_ROWS: the training loader's unit of work (one Ray task per row group).
+        pq.write_table(
+            table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA), path, row_group_size=ROW_GROUP_ROWS
+        )
         shutil.rmtree(folder)
         files.append(path)
         rows.append(table.num_rows)

@@ -257,3 +257,40 @@ def test_missing_corpus_file_is_counted_not_fatal(tmp_path, source):
     ext = {"interleaved": "parquet", "captions": "tar", "text": "jsonl", "sft": "json"}[source]
     kept, bad = run(source, tmp_path / f"nope.{ext}")
     assert kept == [] and bad == {R.UNREADABLE_FILE: 1}
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local HTTP server over tmp_path/www (download tests without the internet)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_images_download_when_enabled(tmp_path, http_server):
+    root, base = http_server
+    (root / "ok.jpg").write_bytes(image_bytes("JPEG"))
+    (root / "page.html").write_bytes(NOT_AN_IMAGE)
+    path = write_obelics(
+        tmp_path / "urls.parquet",
+        [([f"{base}/ok.jpg", None, f"{base}/gone.jpg", f"{base}/page.html"], [None, "text", None, None])],
+        image_type=pa.string(),
+    )
+    kept, bad = run("interleaved", path, ReadOptions(download_images=True))
+    assert not bad and len(kept) == 1
+    assert kept[0].segments == [None, "text"] and is_rgb_png(kept[0].images[0])
+    assert (
+        kept[0].downloads_failed == 2 and kept[0].urls_skipped == 0
+    )  # link rot drops the image, not the doc
+    kept, _ = run("interleaved", path)
+    assert kept[0].segments == ["text"] and kept[0].urls_skipped == 3
