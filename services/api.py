@@ -6,6 +6,7 @@ routes do not depend on how generation is scheduled (the Serve deployment batche
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -28,9 +29,14 @@ class ChatBackend(Protocol):
     settings: ServeSettings
     processor: MM1Processor
     context_length: int
-    api_key: str | None
+    # SHA-256 hex digest of the API key (None = no key required): the key itself is never kept.
+    api_key_digest: str | None
 
     def generate(self, prompt: Prompt) -> AsyncIterator[StepOutput]: ...
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
@@ -47,7 +53,7 @@ def create_api(backend: ChatBackend) -> FastAPI:
     install_error_handlers(app)
 
     async def authorize(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread
-        if not backend.api_key:
+        if not backend.api_key_digest:
             return
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -55,7 +61,7 @@ def create_api(backend: ChatBackend) -> FastAPI:
             raise APIError(
                 401, "missing API key: send it as 'Authorization: Bearer KEY'", code="missing_api_key"
             )
-        if not hmac.compare_digest(token.strip().encode(), backend.api_key.encode()):
+        if not hmac.compare_digest(key_digest(token.strip()), backend.api_key_digest):
             raise APIError(401, "incorrect API key provided", code="invalid_api_key")
 
     def check_model(name: str) -> None:

@@ -27,7 +27,8 @@ from ray import serve
 from ray.serve import Application
 
 from mm1.model import load_for_inference
-from services.api import create_api
+from services.api import create_api, key_digest
+from services.checkpoints import local_checkpoint
 from services.engine import Engine, Prompt, StepOutput
 from services.settings import ServeSettings
 
@@ -108,21 +109,23 @@ def merge_steps(steps: list[list[StepOutput | None]], width: int) -> list[StepOu
 @serve.deployment(name="MM1ChatServer")
 @serve.ingress()
 class ChatServer:
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: dict[str, Any], api_key_digest: str | None = None):
         self.settings = ServeSettings.from_args(settings)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        model, self.processor = load_for_inference(
-            self.settings.checkpoint, device=self.settings.torch_device
-        )
+        checkpoint = local_checkpoint(self.settings.checkpoint)  # s3:// etc. are copied to local disk
+        model, self.processor = load_for_inference(checkpoint, device=self.settings.torch_device)
         self.engine = Engine(model, self.processor)
         self.context_length = self.engine.context_length
         # One thread owns the model: batches run one after another (serve.batch's max_concurrent_batches=1).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mm1-generate")
         self._generate_batch.set_max_batch_size(self.settings.max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        # The key from this replica's environment (Kubernetes: a Secret) or, failing that, the digest the
+        # builder took from its own (a local Ray started before the variable was set).
         name = self.settings.api_key_env
-        self.api_key = os.environ.get(name) or None if name else None
+        own_key = os.environ.get(name) if name else None
+        self.api_key_digest = key_digest(own_key) if own_key else (api_key_digest if name else None)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -151,11 +154,6 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
     actor_options: dict[str, Any] = {}
     if settings.gpus_per_replica > 0:
         actor_options["num_gpus"] = settings.gpus_per_replica
-    key_name = settings.api_key_env
-    if key_name and os.environ.get(key_name):
-        # Replicas are processes of an already-running Ray: hand them the key the builder's environment
-        # holds (on Kubernetes every pod gets the same secret anyway).
-        actor_options["runtime_env"] = {"env_vars": {key_name: os.environ[key_name]}}
     options: dict[str, Any] = {
         "max_ongoing_requests": settings.replica_ongoing_requests,
         "ray_actor_options": actor_options,
@@ -170,4 +168,8 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
 def build_app(args: dict[str, Any]) -> Application:
     """Application builder: args are {checkpoint, model_name, + the other ServeSettings fields}."""
     settings = ServeSettings.from_args(dict(args))
-    return ChatServer.options(**deployment_options(settings)).bind(settings.to_args())
+    # Replicas of an already-running Ray may lack the builder's environment: pass them the key's digest,
+    # never the key (deployment arguments are stored by Serve and visible to its API).
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    digest = key_digest(key) if key else None
+    return ChatServer.options(**deployment_options(settings)).bind(settings.to_args(), digest)

@@ -20,7 +20,7 @@ class StubBackend:
         self.settings = ServeSettings(checkpoint=checkpoint, model_name="stub")
         self.processor = MM1Processor.from_pretrained(checkpoint)
         self.context_length = 2048
-        self.api_key = None
+        self.api_key_digest = None
         self.fail_after = fail_after
 
     async def generate(self, prompt):

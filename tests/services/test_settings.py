@@ -55,14 +55,14 @@ def test_cpu_replicas_ask_for_no_gpu():
     assert ServeSettings(checkpoint="/ck").torch_device == "cpu"
 
 
-def test_api_key_reaches_replicas_through_their_environment(monkeypatch):
+def test_the_builder_passes_a_digest_of_the_api_key_never_the_key(monkeypatch):
+    from services.api import key_digest
+    from services.openai_app import build_app
+
     monkeypatch.setenv("SOME_KEY", "s3cret")
-    options = deployment_options(ServeSettings(checkpoint="/ck", api_key_env="SOME_KEY"))
-    assert options["ray_actor_options"]["runtime_env"] == {"env_vars": {"SOME_KEY": "s3cret"}}
+    app = build_app({"checkpoint": "/ck", "api_key_env": "SOME_KEY"})
+    bound = app._bound_deployment  # what Serve stores: options and init arguments
+    assert bound.init_args[1] == key_digest("s3cret")
+    assert "s3cret" not in repr(bound.init_args) + repr(bound.ray_actor_options)
     monkeypatch.delenv("SOME_KEY")
-    assert (
-        "runtime_env"
-        not in deployment_options(ServeSettings(checkpoint="/ck", api_key_env="SOME_KEY"))[
-            "ray_actor_options"
-        ]
-    )
+    assert build_app({"checkpoint": "/ck", "api_key_env": "SOME_KEY"})._bound_deployment.init_args[1] is None
