@@ -1,71 +1,210 @@
 """The evaluate step: every candidate's checkpoints x the workflow's benchmarks, on Ray.
 
-Generation runs in a Ray Data actor pool (`map_batches` with a class that loads the checkpoint once per
-actor and answers a batch with one batched greedy `generate`), so it shows in the dashboard as a dataset per
-checkpoint and scales with `evaluate.num_actors`. Checkpoints are evaluated concurrently.
-Prompts use the SFT chat template (mm1.data.chat through the processor): evaluation sees exactly what SFT
-taught and what serving will send.
+Each checkpoint to run is one job: its tasks (prompts) go through a Ray Data actor pool
+(mm1.eval.answerer), and jobs run concurrently, as many at a time as the cluster's CPUs hold their actors.
+Chat prompts use the SFT template (mm1.data.chat through the processor): evaluation sees what SFT taught
+and what serving will send. Benchmarks, prompts and scoring: mm1.eval.benchmarks.
+
+k-shot captioning (`shapes-kshot`) is for *pre-trained* checkpoints: document prompts
+(`<s><image>caption ... <image>`, mm1.eval.kshot) with demonstrations from a held-out pool
+(mm1.eval.heldout.shapes_demo_pool), CIDEr-D per k. Its metrics `shapes-kshot/cider@K` are attached to the
+candidate's result rows, so `select` can rank by them like any metric and every row has the same keys:
+- SFT disabled: the rows are the pre-trained checkpoints, each scored k-shot itself (one model load per
+  checkpoint does both its chat and k-shot prompts);
+- SFT enabled: each SFT row carries the k-shot scores of its candidate's last pre-trained checkpoint (the one
+  SFT started from), named in the row's `kshot` record; the SFT checkpoints are not prompted k-shot.
+
+Outputs (results.json and the step manifest):
+    results:   [{candidate, checkpoint, step, stage, metrics, [kshot: {checkpoint, step, stage,
+                 prompt_style}], [prompt_style]}]   # prompt_style: only on pre-trained rows with k-shot
+    baseline:  {source, answers, metrics}          # Shapes majority answers, keyed like shapes-vqa metrics
+    num_questions, num_captions, pretrained: {candidate: last pre-trained checkpoint URI},
+    benchmarks: {name: {kind, items, max_new_tokens, source, [shots]}}, kshot: {...} | null, seconds
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mm1.config import Workflow
-from mm1.data.chat import IMAGE
-from mm1.eval.baselines import baseline_scores
-from mm1.eval.cider import cider_d
-from mm1.eval.heldout import HeldOutItem, shapes_heldout, shapes_majority_baseline
-from mm1.eval.vqa import score_vqa
+from mm1.eval.answerer import Answer, Task, answer_tasks
+from mm1.eval.baselines import MajorityBaseline, baseline_scores
+from mm1.eval.benchmarks import ANSWER_MAX_NEW_TOKENS, Benchmark, build_benchmarks, headline_metrics, score
+from mm1.eval.heldout import shapes_demo_pool, shapes_heldout, shapes_majority_baseline
+from mm1.eval.items import EvalItem
+from mm1.eval.select import CandidateResult, rank_results
+from mm1.eval.table import metric_table, per_type_table
+
+KSHOT_STYLE = "document"
+DEMO_POOL_SCENES = 64  # k-shot demonstrations are drawn from this many held-out scenes (more for large k)
+Checkpoint = dict[str, Any]  # {"step": int, "uri": str} as the train steps record them
 
 
-class CheckpointAnswerer:
-    """A Ray Data actor: holds one checkpoint, answers batches of (image, prompt) greedily."""
+@dataclass
+class Job:
+    """One checkpoint to prompt: its tasks, and the benchmarks they come from."""
 
-    def __init__(self, checkpoint: str, max_new_tokens: int):
-        import torch
+    uri: str
+    label: str  # names its predictions file
+    tasks: list[Task] = field(default_factory=list)
+    benchmarks: list[Benchmark] = field(default_factory=list)
 
-        from mm1.model.loading import load_for_inference
-
-        torch.set_num_threads(1)
-        self.model, self.processor = load_for_inference(checkpoint)
-        self.max_new_tokens = max_new_tokens
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from mm1.model.loading import generate_answers
-
-        chats = [
-            ([{"role": "user", "content": f"{IMAGE}\n{prompt}"}], [bytes(image)])
-            for image, prompt in zip(batch["image"], batch["prompt"], strict=True)
-        ]
-        answers = generate_answers(
-            self.model, self.processor, chats, max_new_tokens=self.max_new_tokens, batch_size=len(chats)
-        )
-        return {"key": batch["key"], "prediction": np.array(answers, dtype=object)}
+    def add(self, benchmark: Benchmark) -> None:
+        if benchmark not in self.benchmarks:
+            self.benchmarks.append(benchmark)
+            self.tasks += _tasks(benchmark)
 
 
-def answer_all(checkpoint: str, items: list[HeldOutItem], wf: Workflow) -> dict[str, str]:
-    import ray.data
-
-    rows = [{"key": it.key, "image": it.image, "prompt": it.prompt} for it in items]
-    dataset = ray.data.from_items(rows).map_batches(
-        CheckpointAnswerer,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "max_new_tokens": wf.evaluate.max_new_tokens},
-        batch_size=wf.evaluate.batch_size,
-        concurrency=wf.evaluate.num_actors,
-        num_cpus=1,
-    )
-    return {row["key"]: row["prediction"] for row in dataset.iter_rows()}
+@dataclass
+class Plan:
+    rows: list[tuple[str, Checkpoint]]  # (candidate, checkpoint) per result row
+    jobs: dict[str, Job]  # checkpoint URI -> what to prompt it with
+    kshot_source: dict[str, Checkpoint]  # row checkpoint URI -> the pre-trained checkpoint scored k-shot
 
 
-def _checkpoints_to_evaluate(wf: Workflow, entry: dict[str, Any]) -> list[dict[str, Any]]:
+def _checkpoints_to_evaluate(wf: Workflow, entry: dict[str, Any]) -> list[Checkpoint]:
     checkpoints = entry["checkpoints"]
     return checkpoints if wf.evaluate.checkpoints == "all" else checkpoints[-1:]
+
+
+def _tasks(benchmark: Benchmark) -> list[Task]:
+    limit = benchmark.max_new_tokens
+    if benchmark.kind == "kshot":
+        return [
+            Task(benchmark.task_key(it, k), it.image, shots=k, query=it.key, max_new_tokens=limit)
+            for k in benchmark.shots
+            for it in benchmark.items
+        ]
+    return [Task(benchmark.task_key(it), it.image, it.prompt, max_new_tokens=limit) for it in benchmark.items]
+
+
+def plan_jobs(
+    wf: Workflow,
+    trained: dict[str, dict[str, Any]],
+    pretrained: dict[str, dict[str, Any]],
+    benchmarks: list[Benchmark],
+) -> Plan:
+    """Which checkpoint answers which benchmark; one job per checkpoint URI, so one model load each."""
+    stage = "sft" if wf.sft.enabled else "pretrain"
+    rows = [
+        (name, ckpt)
+        for name, entry in sorted(trained.items())
+        for ckpt in _checkpoints_to_evaluate(wf, entry)
+    ]
+    jobs: dict[str, Job] = {}
+    kshot_source: dict[str, Checkpoint] = {}
+
+    def job(candidate: str, job_stage: str, ckpt: Checkpoint) -> Job:
+        label = f"{candidate.replace('/', '_')}-{job_stage}-{ckpt['step']}"
+        return jobs.setdefault(ckpt["uri"], Job(ckpt["uri"], label))
+
+    for name, ckpt in rows:
+        for bench in benchmarks:
+            if bench.kind != "kshot":
+                job(name, stage, ckpt).add(bench)
+                continue
+            if stage == "pretrain":
+                source = ckpt
+            elif pretrained.get(name, {}).get("checkpoints"):
+                source = pretrained[name]["checkpoints"][-1]  # the checkpoint SFT started from
+            else:
+                raise KeyError(
+                    f"shapes-kshot needs candidate {name!r}'s pre-trained checkpoints; none were given"
+                )
+            kshot_source[ckpt["uri"]] = source
+            job(name, "pretrain", source).add(bench)
+    return Plan(rows, jobs, kshot_source)
+
+
+def _write_predictions(path: Path, job: Job, answers: dict[str, Answer]) -> None:
+    """One JSON line per task: what was asked, the references, the answer (and k-shot demonstrations)."""
+    with open(path, "w") as f:
+        for bench in job.benchmarks:
+            for shots in bench.shots or (None,):
+                for it in bench.items:
+                    answer = answers[bench.task_key(it, shots)]
+                    row = {
+                        "benchmark": bench.name,
+                        "shots": shots,
+                        "key": it.key,
+                        "type": it.type,
+                        "prompt": it.prompt if shots is None else "",
+                        "references": list(it.references),
+                        "prediction": answer.prediction,
+                    }
+                    if shots is not None:
+                        row["demos"] = list(answer.demos)
+                    f.write(json.dumps(row) + "\n")
+
+
+def run_jobs(
+    wf: Workflow, jobs: list[Job], pool: list, out_dir: Path, log=print
+) -> dict[str, dict[str, str]]:
+    """checkpoint URI -> {task key: prediction}; jobs run side by side as far as the cluster's CPUs go."""
+    import ray
+
+    ev = wf.evaluate
+    # Checkpoints are evaluated where they were trained: on GPUs if their last stage used them.
+    use_gpu = (wf.sft if wf.sft.enabled else wf.pretrain).use_gpu
+
+    def run(job: Job) -> dict[str, str]:
+        started = time.perf_counter()
+        answers = answer_tasks(
+            job.uri,
+            job.tasks,
+            batch_size=ev.batch_size,
+            num_actors=ev.num_actors,
+            demo_pool=pool,
+            kshot_seed=ev.seed,
+            use_gpu=use_gpu,
+        )
+        _write_predictions(out_dir / f"predictions-{job.label}.jsonl", job, answers)
+        log(f"[evaluate] {job.label}: {len(job.tasks)} prompts in {time.perf_counter() - started:.1f}s")
+        return {key: answer.prediction for key, answer in answers.items()}
+
+    # Each job holds num_actors CPUs (GPUs); more jobs at once than the cluster holds would only queue.
+    resources = ray.cluster_resources() if ray.is_initialized() else {}
+    slots = int(resources.get("GPU" if use_gpu else "CPU", 1))
+    workers = max(1, min(len(jobs), slots // max(1, ev.num_actors)))
+    ordered = sorted(jobs, key=lambda j: (-len(j.tasks), j.label))  # longest first
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        return dict(zip((j.uri for j in ordered), executor.map(run, ordered), strict=True))
+
+
+def score_rows(
+    plan: Plan, benchmarks: list[Benchmark], stage: str, predictions: dict[str, dict[str, str]]
+) -> list[dict[str, Any]]:
+    results = []
+    for name, ckpt in plan.rows:
+        result: dict[str, Any] = {
+            "candidate": name,
+            "checkpoint": ckpt["uri"],
+            "step": ckpt["step"],
+            "stage": stage,
+        }
+        metrics: dict[str, float] = {}
+        for bench in benchmarks:
+            if bench.kind != "kshot":
+                metrics |= score(bench, predictions[ckpt["uri"]])
+                continue
+            source = plan.kshot_source[ckpt["uri"]]
+            metrics |= score(bench, predictions[source["uri"]])
+            result["kshot"] = {
+                "checkpoint": source["uri"],
+                "step": source["step"],
+                "stage": "pretrain",
+                "prompt_style": KSHOT_STYLE,
+            }
+            if stage == "pretrain":
+                result["prompt_style"] = KSHOT_STYLE  # the report lists k-shot prompt styles by stage
+        results.append(result | {"metrics": metrics})
+    return results
 
 
 def evaluate_candidates(
@@ -76,87 +215,101 @@ def evaluate_candidates(
     log=print,
 ) -> dict[str, Any]:
     """Scores every (candidate, checkpoint); returns {"outputs": ..., "headline": ...} for the step manifest."""
-    unsupported = [b for b in wf.evaluate.benchmarks if b not in ("shapes-vqa", "shapes-caption")]
-    if unsupported:
-        log(f"[evaluate] not yet implemented, skipped: {', '.join(unsupported)}")
-    questions, captions = shapes_heldout(wf.evaluate.num_scenes, wf.evaluate.num_questions, wf.evaluate.seed)
-    items: list[HeldOutItem] = []
-    if "shapes-vqa" in wf.evaluate.benchmarks:
-        items += questions
-    if "shapes-caption" in wf.evaluate.benchmarks:
-        items += captions
-    baseline = shapes_majority_baseline(wf.data.shapes.seed)
-    references = {q.key: q.answer for q in questions}
-    types = {q.key: q.type for q in questions}
-    baseline_result = baseline_scores(baseline, references, types)
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = wf.evaluate
     stage = "sft" if wf.sft.enabled else "pretrain"
-    jobs = [
-        (name, ckpt)
-        for name, entry in sorted(trained.items())
-        for ckpt in _checkpoints_to_evaluate(wf, entry)
-    ]
-    log(f"[evaluate] {len(jobs)} checkpoint(s) x {len(items)} prompts ({len(questions)} questions)")
+    questions, captions = shapes_heldout(ev.num_scenes, ev.num_questions, ev.seed)
+    benchmarks = build_benchmarks(wf, (questions, captions))
+    kshot = next((b for b in benchmarks if b.kind == "kshot"), None)
+    pool = shapes_demo_pool(ev.seed, max(DEMO_POOL_SCENES, 4 * max(kshot.shots))) if kshot else []
+    plan = plan_jobs(wf, trained, pretrained, benchmarks)
 
-    def run(job: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-        name, ckpt = job
-        predictions = answer_all(ckpt["uri"], items, wf)
-        metrics: dict[str, float] = {}
-        if "shapes-vqa" in wf.evaluate.benchmarks:
-            vqa = score_vqa({k: predictions[k] for k in references}, references, types)
-            metrics |= vqa.as_metrics("shapes-vqa")
-        if "shapes-caption" in wf.evaluate.benchmarks:
-            cider = cider_d(
-                {c.key: [c.answer] for c in captions}, {c.key: predictions[c.key] for c in captions}
-            )
-            metrics["shapes-caption/cider"] = cider.score
-        safe = name.replace("/", "_")
-        with open(out_dir / f"predictions-{safe}-{ckpt['step']}.jsonl", "w") as f:
-            for it in items:
-                f.write(
-                    json.dumps(
-                        {
-                            "key": it.key,
-                            "type": it.type,
-                            "prompt": it.prompt,
-                            "answer": it.answer,
-                            "prediction": predictions[it.key],
-                        }
-                    )
-                    + "\n"
-                )
-        return {
-            "candidate": name,
-            "checkpoint": ckpt["uri"],
-            "step": ckpt["step"],
-            "stage": stage,
-            "metrics": metrics,
-        }
+    listed = ", ".join(
+        f"{b.name} {len(b.items)}" + (f" x k={list(b.shots)}" if b.shots else "") for b in benchmarks
+    )
+    total = sum(len(j.tasks) for j in plan.jobs.values())
+    log(
+        f"[evaluate] {len(plan.rows)} checkpoint(s) to score, {len(plan.jobs)} to prompt, {total} prompts: {listed}"
+    )
+    log(
+        f"[evaluate] answers stop at {min(ev.max_new_tokens, ANSWER_MAX_NEW_TOKENS)} new tokens, captions at {ev.max_new_tokens}"
+    )
+    predictions = run_jobs(wf, list(plan.jobs.values()), pool, out_dir, log)
+    results = score_rows(plan, benchmarks, stage, predictions)
 
-    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-        results = list(pool.map(run, jobs))
-    baseline_metrics = baseline_result.as_metrics("shapes-vqa")
+    baseline = shapes_majority_baseline(wf.data.shapes.seed)
+    baseline_metrics = _baseline_metrics(baseline, questions)
     summary = {
         "results": results,
         "baseline": {"source": baseline.source, "answers": baseline.answers, "metrics": baseline_metrics},
         "num_questions": len(questions),
         "num_captions": len(captions),
         "pretrained": {name: entry["checkpoints"][-1]["uri"] for name, entry in pretrained.items()},
+        "benchmarks": {b.name: _describe(b) for b in benchmarks},
+        "kshot": None
+        if kshot is None
+        else {
+            "shots": list(kshot.shots),
+            "prompt_style": KSHOT_STYLE,
+            "demo_pool": len(pool),
+            "seed": ev.seed,
+            "scored": "each pre-trained row itself"
+            if stage == "pretrain"
+            else "each candidate's last pre-trained checkpoint",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    _print_table(results, baseline_metrics, log)
+    print_tables(results, baseline_metrics, benchmarks, wf.select.metric, wf.select.mode, log)
+    log(f"[evaluate] done in {summary['seconds']:.1f}s")
     metric = wf.select.metric
-    best = max((r["metrics"].get(metric, float("nan")) for r in results), default=float("nan"))
+    values = [r["metrics"].get(metric, math.nan) for r in results]
+    finite = [v for v in values if not math.isnan(v)]
+    best = (min if wf.select.mode == "min" else max)(finite) if finite else math.nan
     return {"outputs": summary, "headline": {f"best {metric}": best}}
 
 
-def _print_table(results: list[dict[str, Any]], baseline: dict[str, float], log) -> None:
-    keys = sorted({k for r in results for k in r["metrics"]})
-    width = max(len(k) for k in keys) if keys else 10
-    header = (
-        f"{'metric':<{width}}  " + "  ".join(f"{r['candidate'][:24]:>24}" for r in results) + "  majority"
-    )
-    log(header)
-    for key in keys:
-        cells = "  ".join(f"{r['metrics'].get(key, float('nan')):>24.3f}" for r in results)
-        base = baseline.get(key)
-        log(f"{key:<{width}}  {cells}  {base:>8.3f}" if base is not None else f"{key:<{width}}  {cells}")
+def _baseline_metrics(baseline: MajorityBaseline, questions: list[EvalItem]) -> dict[str, float]:
+    references = {q.key: q.answer for q in questions}
+    return baseline_scores(baseline, references, {q.key: q.type for q in questions}).as_metrics("shapes-vqa")
+
+
+def _describe(b: Benchmark) -> dict[str, Any]:
+    described = {
+        "kind": b.kind,
+        "items": len(b.items),
+        "max_new_tokens": b.max_new_tokens,
+        "source": b.source,
+    }
+    return described | ({"shots": list(b.shots)} if b.shots else {})
+
+
+def print_tables(
+    results: list[dict[str, Any]],
+    baselines: dict[str, float],
+    benchmarks: list[Benchmark],
+    metric: str,
+    mode: str,
+    log=print,
+) -> None:
+    """One metric table per benchmark (baseline row first), then per-type tables of the best checkpoint."""
+    for bench in benchmarks:
+        log(metric_table(results, headline_metrics(bench), baselines, title=f"{bench.name}").to_text())
+    parsed = [CandidateResult.from_dict(r) for r in results]
+    try:
+        best = rank_results(parsed, metric, mode)[0]  # type: ignore[arg-type]
+    except (KeyError, ValueError) as exc:
+        log(f"[evaluate] no per-type table: cannot rank by {metric!r} ({exc})")
+        return
+    if math.isnan(best.metrics[metric]):
+        return
+    for bench in benchmarks:
+        if bench.kind == "vqa" and any(
+            m.startswith(f"{bench.name}/") and m != f"{bench.name}/overall" for m in best.metrics
+        ):
+            title = (
+                f"{bench.name} per type: {best.candidate} ({best.stage} step {best.step}), best by {metric}"
+            )
+            log(per_type_table(best.metrics, baselines, bench.name, title=title).to_text())
