@@ -444,6 +444,14 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
                 f"evaluate.benchmarks[{i}]",
                 f"unknown benchmark '{bench}'; expected one of: {', '.join(BENCHMARKS)}",
             )
+    needs = {
+        "coco-caption": ("coco_annotations", "coco_images"),
+        "vqav2": ("vqav2_questions", "vqav2_annotations", "vqav2_images"),
+    }
+    for i, bench in enumerate(wf.evaluate.benchmarks):
+        for key in needs.get(bench, ()):
+            if not getattr(wf.evaluate, key):
+                fail(f"evaluate.benchmarks[{i}]", f"benchmark '{bench}' needs evaluate.{key} (a path)")
     metric_bench = wf.select.metric.split("/", 1)[0]
     if "/" not in wf.select.metric or metric_bench not in wf.evaluate.benchmarks:
         fail(
