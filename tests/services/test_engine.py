@@ -1,9 +1,6 @@
-"""The batched step-wise decoder, in-process: it must decode like eval and keep requests independent."""
+"""The step-wise decoder, in-process: it must decode like eval and keep requests independent."""
 
 from __future__ import annotations
-
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import image_bytes
@@ -11,7 +8,6 @@ from conftest import image_bytes
 from mm1.data.preprocess import load_image
 from mm1.model import generate_answers, load_for_inference
 from services.engine import Engine, Prompt, StepOutput
-from services.openai_app import drain_in_thread, merge_steps, visible_steps
 from services.sampling import SamplingParams
 
 TURNS_IMAGE = [{"role": "user", "content": "<image>\nhow many shapes are there?"}]
@@ -79,42 +75,30 @@ def test_budget_and_finish_reasons(loaded):
     assert (n_short, why_short) == (3, "length")
 
 
-def test_merge_steps_concatenates_and_keeps_the_last_state():
-    steps = [
-        [StepOutput("a", 1), StepOutput("x", 1, "stop")],
-        [StepOutput("b", 2), None],
-        [StepOutput("c", 3, "length"), None],
-    ]
-    merged = merge_steps(steps, 2)
-    assert merged[0] == StepOutput("abc", 3, "length")
-    assert merged[1] == StepOutput("x", 1, "stop")
-    assert merge_steps([[None, StepOutput("y", 2)]], 2) == [None, StepOutput("y", 2)]
+def test_merging_and_dropping_rows_keeps_every_answer(loaded):
+    """A row that joins a running batch (longer prompt, extra padding) and rows that leave early do not
+    change anyone's greedy answer."""
+    model, processor, engine = loaded
+    image = load_image(image_bytes())
+    long = prompt(processor, TURNS_IMAGE, [image], max_tokens=12, temperature=0, ignore_eos=True)
+    short = prompt(processor, TURNS_TEXT, [], max_tokens=4, temperature=0, ignore_eos=True)
+    solo = {name: run(engine, [p])[0][0] for name, p in (("long", long), ("short", short))}
 
-
-def test_only_steps_a_client_can_see_are_passed_on():
-    steps = [
-        [StepOutput("", 1), StepOutput("", 1)],  # first token: always (it times TTFT)
-        [StepOutput("", 2), StepOutput("", 2)],  # held-back text: nothing to send
-        [StepOutput("a", 3), StepOutput("", 3)],
-        [StepOutput("", 4), StepOutput("", 4, "length")],
-        [StepOutput("", 5), None],
-        [StepOutput("", 6, "stop"), None],
-    ]
-    assert list(visible_steps(iter(steps))) == [steps[0], steps[2], steps[3], steps[5]]
-
-
-def test_drain_in_thread_delivers_everything_then_reraises_failures():
-    def items():
-        yield from range(5)
-
-    def broken():
-        yield 1
-        raise RuntimeError("model exploded")
-
-    async def collect(make):
-        with ThreadPoolExecutor(1) as pool:
-            return [x async for batch in drain_in_thread(make, pool) for x in batch]
-
-    assert asyncio.run(collect(items)) == [0, 1, 2, 3, 4]
-    with pytest.raises(RuntimeError, match="model exploded"):
-        asyncio.run(collect(broken))
+    batch, first = engine.prefill([short])
+    texts = {"short": first[0].text, "long": ""}
+    names = ["short"]
+    step = 0
+    while batch.rows:
+        step += 1
+        if step == 2:  # the long prompt joins mid-way
+            group, outputs = engine.prefill([long])
+            texts["long"] += outputs[0].text
+            batch = batch.merge(group)
+            names.append("long")
+        for name, out in zip(names, engine.step(batch), strict=True):
+            texts[name] += out.text
+        names = [n for n, row in zip(names, batch.rows, strict=True) if not row.finished]
+        batch.drop_finished()
+    assert batch.merged == [1]
+    assert step == 12  # long joins at step 2: 1 token from its prefill, 11 from steps 2..12
+    assert texts == solo

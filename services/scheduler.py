@@ -1,0 +1,127 @@
+"""Continuous batching: one thread decodes every live request a token per step; new requests join between
+steps, finished ones leave, so nobody waits for a whole batch to end.
+
+Requests arrive in groups (the replica's `@serve.batch` collects concurrent arrivals within the batch wait);
+a group is prefilled in one forward pass and merged into the running batch, up to `max_rows` sequences at
+once (with max_rows=1 requests run strictly one after another: batching off). Outputs go back to each
+request's `RequestStream` on the event loop; a request whose client went away is dropped at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from services.engine import Batch, Engine, Prompt, StepOutput
+
+logger = logging.getLogger("ray.serve")
+
+
+class RequestStream:
+    """The event-loop side of one request: an async iterator over its StepOutputs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False  # read by the decoding thread
+
+    # Called from the decoding thread.
+    def deliver(self, item: StepOutput | BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def __aiter__(self) -> AsyncIterator[StepOutput]:
+        """Outputs that arrived together are merged into one (fewer, larger stream chunks under load)."""
+        while True:
+            items = [await self._queue.get()]
+            while not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            failure = next((i for i in items if isinstance(i, BaseException)), None)
+            if failure is not None:
+                raise failure
+            merged = StepOutput(
+                "".join(i.text for i in items), items[-1].completion_tokens, items[-1].finish_reason
+            )
+            yield merged
+            if merged.finish_reason is not None:
+                return
+
+
+def _visible(output: StepOutput) -> bool:
+    # The first token (it times TTFT), new text, or the end: other steps carry nothing a client can see.
+    return bool(output.text or output.finish_reason or output.completion_tokens == 1)
+
+
+class DecodeLoop:
+    def __init__(self, engine: Engine, max_rows: int):
+        self.engine = engine
+        self.max_rows = max_rows
+        self._pending: deque[tuple[Prompt, RequestStream]] = deque()
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="mm1-decode", daemon=True)
+        self._thread.start()
+        self.steps = 0  # decode steps run; with `rows_decoded`, the mean batch size (metrics, tests)
+        self.rows_decoded = 0
+
+    def submit(self, prompts: Sequence[Prompt], streams: Sequence[RequestStream]) -> None:
+        with self._wake:
+            self._pending.extend(zip(prompts, streams, strict=True))
+            self._wake.notify()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _take(self, batch: Batch | None) -> list[tuple[Prompt, RequestStream]]:
+        """Requests to admit now (blocks while there is nothing at all to do)."""
+        with self._wake:
+            while not self._pending and batch is None:
+                self._wake.wait()
+            room = self.max_rows - (len(batch.rows) if batch else 0)
+            if batch is not None and not batch.mergeable():
+                room = 0  # a cache layout we cannot merge: admit only between batches
+            taken = []
+            while self._pending and len(taken) < room:
+                prompt, stream = self._pending.popleft()
+                if not stream.cancelled:
+                    taken.append((prompt, stream))
+            return taken
+
+    def _run(self) -> None:
+        batch: Batch | None = None
+        while True:
+            taken = self._take(batch)
+            try:
+                if taken:
+                    group, outputs = self.engine.prefill([p for p, _ in taken], [s for _, s in taken])
+                    self._deliver(group, outputs)
+                    batch = group if batch is None else batch.merge(group)
+                if batch is not None:
+                    for row in batch.rows:
+                        row.finished = row.finished or row.tag.cancelled
+                    batch.drop_finished()
+                if batch is not None and batch.rows:
+                    outputs = self.engine.step(batch)
+                    self.steps += 1
+                    self.rows_decoded += len(batch.rows)
+                    self._deliver(batch, outputs)
+                    batch.drop_finished()
+                if batch is not None and not batch.rows:
+                    batch = None
+            except Exception as exc:  # every live request learns of it; the loop carries on, empty
+                logger.exception("decoding failed")
+                streams = [row.tag for row in batch.rows] if batch is not None else []
+                streams += [s for _, s in taken if s not in streams]
+                for stream in streams:
+                    stream.deliver(exc)
+                batch = None
+
+    @staticmethod
+    def _deliver(batch: Batch, outputs: list[StepOutput]) -> None:
+        for row, output in zip(batch.rows, outputs, strict=True):
+            if _visible(output):
+                row.tag.deliver(output)

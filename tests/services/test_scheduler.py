@@ -1,0 +1,117 @@
+"""Continuous batching in-process: requests join a running batch, leave when done or cancelled, and a
+decoding failure reaches every live request without killing the loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import image_bytes
+
+from mm1.data.preprocess import load_image
+from mm1.model import load_for_inference
+from services.engine import Engine, Prompt
+from services.sampling import SamplingParams
+from services.scheduler import DecodeLoop, RequestStream
+
+TURNS = [{"role": "user", "content": "<image>\\nhow many shapes are there?"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    model, processor = load_for_inference(tiny_checkpoint)
+    return Engine(model, processor)
+
+
+def make_prompt(engine, max_tokens: int, seed: int | None = None, temperature: float = 0.0) -> Prompt:
+    encoded = engine.processor.encode_chat(TURNS, [load_image(image_bytes())])
+    params = SamplingParams(max_tokens, temperature=temperature, seed=seed, ignore_eos=True)
+    return Prompt(encoded["input_ids"][0].tolist(), encoded["pixel_values"], params)
+
+
+async def collect(stream: RequestStream) -> tuple[str, int, str]:
+    text, last = "", None
+    async for out in stream:
+        text += out.text
+        last = out
+    return text, last.completion_tokens, last.finish_reason
+
+
+def test_staggered_requests_share_decoding_and_answer_as_if_alone(engine):
+    prompts = [make_prompt(engine, n, seed=i, temperature=1.0) for i, n in enumerate((20, 6, 12))]
+    alone = []
+    for p in prompts:
+        text = "".join(out[0].text for out in engine.generate([p]) if out[0] is not None)
+        alone.append((text, p.params.max_tokens, "length"))
+
+    async def main():
+        decoder = DecodeLoop(engine, max_rows=8)
+        loop = asyncio.get_running_loop()
+        streams = [RequestStream(loop) for _ in prompts]
+        decoder.submit(prompts[:1], streams[:1])
+        await asyncio.sleep(0.05)  # the first is decoding when the others arrive
+        decoder.submit(prompts[1:], streams[1:])
+        results = await asyncio.gather(*(collect(s) for s in streams))
+        return results, decoder
+
+    results, decoder = asyncio.run(main())
+    assert results == alone
+    assert decoder.rows_decoded > decoder.steps  # some steps decoded several requests at once
+
+
+def test_max_rows_one_runs_requests_one_after_another(engine):
+    prompts = [make_prompt(engine, 5) for _ in range(3)]
+
+    async def main():
+        decoder = DecodeLoop(engine, max_rows=1)
+        loop = asyncio.get_running_loop()
+        streams = [RequestStream(loop) for _ in prompts]
+        decoder.submit(prompts, streams)
+        await asyncio.gather(*(collect(s) for s in streams))
+        return decoder
+
+    decoder = asyncio.run(main())
+    assert decoder.rows_decoded == decoder.steps  # never more than one row per step
+
+
+def test_a_cancelled_request_stops_being_decoded(engine):
+    async def main():
+        decoder = DecodeLoop(engine, max_rows=4)
+        loop = asyncio.get_running_loop()
+        keep, drop = RequestStream(loop), RequestStream(loop)
+        decoder.submit([make_prompt(engine, 30), make_prompt(engine, 1000)], [keep, drop])
+        drop.cancel()
+        result = await collect(keep)
+        await asyncio.sleep(0.05)
+        return result, decoder
+
+    (_, tokens, reason), decoder = asyncio.run(main())
+    assert (tokens, reason) == (30, "length")
+    assert decoder.rows_decoded < 30 + 40  # the cancelled one did not run to its 1000 tokens
+
+
+def test_a_decoding_failure_reaches_live_requests_and_the_loop_survives(engine, monkeypatch):
+    async def main():
+        decoder = DecodeLoop(engine, max_rows=4)
+        loop = asyncio.get_running_loop()
+        original = engine.step
+        calls = {"n": 0}
+
+        def flaky(batch):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("device lost")
+            return original(batch)
+
+        monkeypatch.setattr(engine, "step", flaky)
+        doomed = RequestStream(loop)
+        decoder.submit([make_prompt(engine, 10)], [doomed])
+        with pytest.raises(RuntimeError, match="device lost"):
+            await collect(doomed)
+        monkeypatch.setattr(engine, "step", original)
+        after = RequestStream(loop)
+        decoder.submit([make_prompt(engine, 3)], [after])
+        return await collect(after), decoder.alive()
+
+    (_, tokens, _), alive = asyncio.run(main())
+    assert tokens == 3 and alive
