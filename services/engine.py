@@ -73,6 +73,8 @@ class Batch:
 
     def merge(self, other: Batch) -> Batch:
         """This batch and `other` as one: both left-padded to the longer cache, rows concatenated."""
+        self.compact()
+        other.compact()
         length = max(self.mask.shape[1], other.mask.shape[1])
 
         def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -91,7 +93,18 @@ class Batch:
             self.rows + other.rows, DynamicCache(ddp_cache_data=layers), mask, self.merged + [len(other.rows)]
         )
 
+    @property
+    def live(self) -> int:
+        return sum(not row.finished for row in self.rows)
+
     def drop_finished(self) -> None:
+        """Forget finished rows once they are a quarter of the batch (or all of it). Removing rows copies the
+        whole KV cache, so a few finished rows ride along, idle, rather than costing a copy per step."""
+        finished = len(self.rows) - self.live
+        if finished and (finished == len(self.rows) or 4 * finished >= len(self.rows)):
+            self.compact()
+
+    def compact(self) -> None:
         """Remove finished rows, then the leading cache columns that are padding in every remaining row."""
         keep = [i for i, row in enumerate(self.rows) if not row.finished]
         if len(keep) == len(self.rows):
@@ -160,8 +173,9 @@ class Engine:
         return batch, self._sample(batch.rows, out.logits[:, -1, :])
 
     @torch.inference_mode()
-    def step(self, batch: Batch) -> list[StepOutput]:
-        """Feed every row its last sampled token and sample the next one (one output per row, in order)."""
+    def step(self, batch: Batch) -> list[StepOutput | None]:
+        """Feed every row its last sampled token and sample the next one: one output per row, in order
+        (None for a finished row still riding along)."""
         rows = batch.rows
         batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(rows), 1))], dim=-1)
         out = self.model(
@@ -176,11 +190,14 @@ class Engine:
             row.position += 1
         return self._sample(rows, out.logits[:, -1, :])
 
-    def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[StepOutput]:
+    def _sample(self, rows: list[Row], logits: torch.Tensor) -> list[StepOutput | None]:
         logits[:, self.suppressed] = float("-inf")
         greedy = logits.argmax(dim=-1).tolist()
-        outputs = []
+        outputs: list[StepOutput | None] = []
         for i, row in enumerate(rows):
+            if row.finished:
+                outputs.append(None)
+                continue
             params = row.params
             token = greedy[i] if params.temperature == 0 else sample_next(logits[i], params, row.generator)
             row.count += 1
@@ -206,7 +223,7 @@ class Engine:
         rows = list(batch.rows)
         yield list(outputs)
         batch.drop_finished()
-        while batch.rows:
+        while batch.live:
             by_row = dict(zip(map(id, batch.rows), self.step(batch), strict=True))
             yield [by_row.get(id(row)) for row in rows]
             batch.drop_finished()

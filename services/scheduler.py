@@ -81,7 +81,7 @@ class DecodeLoop:
         with self._wake:
             while not self._pending and batch is None:
                 self._wake.wait()
-            room = self.max_rows - (len(batch.rows) if batch else 0)
+            room = self.max_rows - (batch.live if batch else 0)
             if batch is not None and not batch.mergeable():
                 room = 0  # a cache layout we cannot merge: admit only between batches
             taken = []
@@ -104,13 +104,14 @@ class DecodeLoop:
                     for row in batch.rows:
                         row.finished = row.finished or row.tag.cancelled
                     batch.drop_finished()
-                if batch is not None and batch.rows:
+                if batch is not None and batch.live:
+                    live = batch.live
                     outputs = self.engine.step(batch)
                     self.steps += 1
-                    self.rows_decoded += len(batch.rows)
+                    self.rows_decoded += live
                     self._deliver(batch, outputs)
                     batch.drop_finished()
-                if batch is not None and not batch.rows:
+                if batch is not None and not batch.live:
                     batch = None
             except Exception as exc:  # every live request learns of it; the loop carries on, empty
                 logger.exception("decoding failed")
@@ -121,7 +122,7 @@ class DecodeLoop:
                 batch = None
 
     @staticmethod
-    def _deliver(batch: Batch, outputs: list[StepOutput]) -> None:
+    def _deliver(batch: Batch, outputs: list[StepOutput | None]) -> None:
         for row, output in zip(batch.rows, outputs, strict=True):
-            if _visible(output):
+            if output is not None and _visible(output):
                 row.tag.deliver(output)

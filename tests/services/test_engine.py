@@ -85,20 +85,37 @@ def test_merging_and_dropping_rows_keeps_every_answer(loaded):
     solo = {name: run(engine, [p])[0][0] for name, p in (("long", long), ("short", short))}
 
     batch, first = engine.prefill([short])
+    name_of = {id(batch.rows[0]): "short"}
     texts = {"short": first[0].text, "long": ""}
-    names = ["short"]
     step = 0
-    while batch.rows:
+    while batch.live:
         step += 1
         if step == 2:  # the long prompt joins mid-way
             group, outputs = engine.prefill([long])
             texts["long"] += outputs[0].text
+            name_of[id(group.rows[0])] = "long"
             batch = batch.merge(group)
-            names.append("long")
-        for name, out in zip(names, engine.step(batch), strict=True):
-            texts[name] += out.text
-        names = [n for n, row in zip(names, batch.rows, strict=True) if not row.finished]
+        for row, out in zip(batch.rows, engine.step(batch), strict=True):
+            if out is not None:
+                texts[name_of[id(row)]] += out.text
         batch.drop_finished()
     assert batch.merged == [1]
     assert step == 12  # long joins at step 2: 1 token from its prefill, 11 from steps 2..12
     assert texts == solo
+
+
+def test_a_few_finished_rows_ride_along_until_compaction(loaded):
+    _, processor, engine = loaded
+    prompts = [
+        prompt(processor, TURNS_TEXT, [], max_tokens=n, temperature=0, ignore_eos=True)
+        for n in (1, 6, 6, 6, 6)
+    ]
+    batch, first = engine.prefill(prompts)
+    assert first[0].finish_reason == "length"
+    batch.drop_finished()
+    assert len(batch.rows) == 5 and batch.live == 4  # 1 of 5 finished: not worth a cache copy yet
+    outputs = engine.step(batch)
+    assert outputs[0] is None and all(o is not None for o in outputs[1:])
+    batch.compact()
+    assert len(batch.rows) == 4 and batch.mask.shape[0] == 4
+    assert all(layer.keys.shape[0] == 4 for layer in batch.cache.layers)
