@@ -384,7 +384,7 @@ def main() -> None:
     )
     parser.add_argument("--load-clients", type=int, default=64)
     parser.add_argument("--load-seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/serve_results.json"))
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
 
     import ray
@@ -494,6 +494,8 @@ def main() -> None:
             f"healthy afterwards: {load_report['healthy_after']}"
         )
     print(f"load average after: {os.getloadavg()}")
+    if args.out is None:
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {k: str(v) for k, v in vars(args).items()},
