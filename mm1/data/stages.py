@@ -19,7 +19,7 @@ from mm1.data.readers import ReadOptions, load_file
 from mm1.data.records import SOURCES, Record
 
 ROWS_PER_FILE = 512  # samples per output shard file
-ROW_GROUP_ROWS = 128  # samples per parquet row group: one training-loader task each
+ROW_GROUP_ROWS = 256  # samples per parquet row group: one training-loader task each
 CHUNK_ROWS = 256  # rows per block emitted by the readers
 
 VERIFIED_SCHEMA = pa.schema(
