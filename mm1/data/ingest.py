@@ -280,8 +280,8 @@ def _write_stats(out_dir: Path, stats: dict, clock: dict[str, float]) -> None:
 def _print_summary(stats: dict) -> None:
     print(
         f"ingest: read {stats['records_read']} records, kept {stats['records_kept']}, "
-        f"dropped {stats['records_dropped']} "
-        f"{stats['dropped']['by_reason'] or ''}"
+        f"dropped {stats['records_dropped']}"
+        + (f" {stats['dropped']['by_reason']}" if stats["records_dropped"] else "")
     )
     if stats["mixture"]:
         mix = stats["mixture"]
