@@ -248,7 +248,8 @@ class DeployConfig:
     autoscaling: AutoscalingConfig | None = None
     gpus_per_replica: float = 0
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.01
+    # How long a request waits for others to share its prefill (decoding batches continuously anyway).
+    batch_wait_timeout_s: float = 0.005
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
     # On Kubernetes: the Secret (key `api-key`) the serving pods read the API key from (empty = no key).

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from mm1 import metrics
 from mm1.model import MM1Processor
 from services import protocol
 from services.engine import Prompt, StepOutput
@@ -50,6 +51,15 @@ def create_api(backend: ChatBackend) -> FastAPI:
     limits = Limits(settings.max_images, backend.context_length, settings.default_max_tokens)
     started = int(time.time())
     app = FastAPI(title="MM1 OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def count_requests(request, call_next):
+        # Every chat completion, errors included, counted by status for Prometheus (mm1_serve_requests).
+        response = await call_next(request)
+        if request.url.path.endswith("/chat/completions"):
+            metrics.request_served(settings.model_name, response.status_code)
+        return response
+
     install_error_handlers(app)
 
     async def authorize(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread
