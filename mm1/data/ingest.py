@@ -52,13 +52,22 @@ class IngestError(RuntimeError):
 @contextmanager
 def _data_context(progress: bool):
     ctx = DataContext.get_current()
-    saved = (ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.print_on_execution_start)
+    names = (
+        "enable_progress_bars",
+        "enable_operator_progress_bars",
+        "print_on_execution_start",
+        "op_resource_reservation_enabled",
+    )
+    saved = {name: getattr(ctx, name) for name in names}
     ctx.enable_progress_bars = ctx.enable_operator_progress_bars = progress
     ctx.print_on_execution_start = progress
+    # Per-operator CPU reservations ran one task at a time on a 2-CPU node; ingest stages are one map each.
+    ctx.op_resource_reservation_enabled = False
     try:
         yield ctx
     finally:
-        ctx.enable_progress_bars, ctx.enable_operator_progress_bars, ctx.print_on_execution_start = saved
+        for name, value in saved.items():
+            setattr(ctx, name, value)
 
 
 def resolve_corpora(wf: Workflow, out_dir: Path, progress: bool) -> tuple[dict[str, list[str]], bool]:

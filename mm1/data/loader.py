@@ -132,12 +132,16 @@ def build_train_dataset(
     items = row_groups(paths)
     order = np.random.default_rng(seed).permutation(len(items))
     tasks = ray.data.from_items([items[i] for i in order], override_num_blocks=len(items))
-    return tasks.map_batches(
+    ds = tasks.map_batches(
         _read_and_pack,
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"spec": spec, "image_size": image_size, "image_grid": image_grid},
     )
+    # Ray Data reserves part of the CPU budget per operator; with one map stage on a small node that left
+    # one task running at a time (measured on 2 CPUs). This dataset's own context only: use every CPU.
+    ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 class PackedCollate(NumpyBatchCollateFn):
