@@ -3,10 +3,9 @@
 `build_train_dataset` is called per candidate (resolution, image grid and image tokens differ), reads the
 model-independent shards written by ingest, and yields PACKED rows (see mm1.data.packing for the layout and
 the truncation rule):
-    input_ids, labels, position_ids  int32 [seq_len]   (positions restart at 0 at each document)
-    num_tokens, num_images,          int32             (real tokens; images, not crops; documents)
-    num_samples
-    images                           uint8 [num_images * crops, image_size, image_size, 3]
+    input_ids, labels, position_ids      int32 [seq_len]  (positions restart at 0 at each document)
+    num_tokens, num_images, num_samples  int32  (real tokens; images, not crops; documents in the row)
+    images                               uint8 [num_images * crops, image_size, image_size, 3]
 with crops = image_grid**2 + 1 when splitting (row-major crops, then the overview: mm1.data.preprocess
 .split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors; use it as
 `iter_torch_batches(collate_fn=collate_packed)`, e.g. on `ray.train.get_dataset_shard("train")`.
@@ -82,7 +81,10 @@ def pack_spec(shard_dir: str, *, image_tokens_per_image: int, seq_len: int, max_
 def shard_files(shard_dir: str) -> list[str]:
     found = sorted(str(p) for p in Path(shard_dir).glob("*.parquet"))
     if not found:
-        raise FileNotFoundError(f"no *.parquet shards in {shard_dir}: run the ingest step first")
+        raise FileNotFoundError(
+            f"no *.parquet shards in {shard_dir}: run the ingest step first, with corpora for this stage "
+            "(SFT shards need an SFT corpus)"
+        )
     return found
 
 
