@@ -85,8 +85,10 @@ def resolve_corpora(wf: Workflow, out_dir: Path, progress: bool) -> tuple[dict[s
         raise IngestError(f"data.corpora: {exc}") from None
 
 
-def _light_table(ds: ray.data.Dataset, columns: list[str]) -> pa.Table:
-    tables = list(ds.select_columns(columns).iter_batches(batch_size=None, batch_format="pyarrow"))
+def _light_table(ds: ray.data.MaterializedDataset, columns: list[str]) -> pa.Table:
+    """Some columns of a materialized dataset, read zero-copy from the object store (no new Ray Data job)."""
+    tables = [ray.get(ref).select(columns) for ref in ds.to_arrow_refs()]
+    tables = [t for t in tables if t.num_rows]
     return pa.concat_tables(tables) if tables else pa.table({c: [] for c in columns})
 
 
@@ -122,7 +124,7 @@ def _check_bad_fraction(tally: BadTally, read: int, max_bad: float) -> str | Non
     )
 
 
-def _prepare_tokenizer(wf: Workflow, verified: ray.data.Dataset, path: Path) -> dict:
+def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, path: Path) -> dict:
     from mm1.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     if wf.data.tokenizer:
