@@ -68,7 +68,10 @@ def test_a_failed_step_is_recorded_and_rerun(tmp_path):
     broken = [*steps[:2], Step("sft", ("pretrain",), ("sft",), boom), steps[3]]
     with pytest.raises(StepFailed, match="disk full"):
         run_workflow(workflow(tmp_path), broken, log=lambda _: None)
-    rows = {r["step"]: r for r in step_states(RunDir(str(tmp_path), "t"), ["ingest", "pretrain", "sft", "evaluate"])}
+    rows = {
+        r["step"]: r
+        for r in step_states(RunDir(str(tmp_path), "t"), ["ingest", "pretrain", "sft", "evaluate"])
+    }
     assert rows["pretrain"]["status"] == "done" and rows["sft"]["status"] == "failed"
     assert "disk full" in rows["sft"]["error"] and rows["evaluate"]["status"] == "pending"
     calls.clear()
