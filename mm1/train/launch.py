@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,51 @@ class StageOutcome:
     history: list[dict[str, Any]]  # metric rows of the last checkpoint
 
 
+def build_trainer(
+    *,
+    stage_name: str,
+    stage: TrainConfig,
+    label: str,
+    run_name: str,
+    storage_path: str,
+    dataset: Any,
+    model_cfg: dict[str, Any],
+    tokenizer_dir: str,
+    seq_len: int,
+    init_checkpoint: str | None = None,
+    metrics_path: str | None = None,
+    train_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
+) -> TorchTrainer:
+    """The TorchTrainer of one stage; `train_fn` wraps or replaces the loop (the benchmark times it)."""
+    loop_config = {
+        "stage": stage_name,
+        "stage_cfg": dataclasses.asdict(stage),
+        "label": label,
+        "model": model_cfg,
+        "tokenizer_dir": tokenizer_dir,
+        "init_checkpoint": init_checkpoint,
+        "seq_len": seq_len,
+        "metrics_path": metrics_path,
+    }
+    return TorchTrainer(
+        train_fn,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=stage.num_workers,
+            use_gpu=stage.use_gpu,
+            resources_per_worker={"CPU": stage.cpus_per_worker, **({"GPU": 1} if stage.use_gpu else {})},
+            placement_strategy=stage.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=stage.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+    )
+
+
 def fit_stage(
     *,
     stage_name: str,
@@ -46,34 +92,8 @@ def fit_stage(
     init_checkpoint: str | None = None,
     metrics_path: str | None = None,
 ) -> StageOutcome:
-    stage_dict = dataclasses.asdict(stage)
-    loop_config = {
-        "stage": stage_name,
-        "stage_cfg": stage_dict,
-        "label": label,
-        "model": model_cfg,
-        "tokenizer_dir": tokenizer_dir,
-        "init_checkpoint": init_checkpoint,
-        "seq_len": seq_len,
-        "metrics_path": metrics_path,
-    }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=stage.num_workers,
-            use_gpu=stage.use_gpu,
-            resources_per_worker={"CPU": stage.cpus_per_worker, **({"GPU": 1} if stage.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=stage.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
-        ),
-        datasets={"train": dataset},
-    )
-    trainer.fit()
+    """Run (or resume) one stage to `stage.steps`; returns what storage holds, not what memory says."""
+    build_trainer(**locals()).fit()
     return collect_outcome(storage_path, run_name)
 
 

@@ -3,8 +3,17 @@
 The stages differ only by what the driver passes in: the data (packed pre-training documents or SFT
 conversations, with their label masks already set by mm1.data.chat), the frozen parts, the schedule, and the
 starting weights. Resuming is uniform: `ray.train.get_checkpoint()` gives the last checkpoint of this run
-(after a worker failure or a restarted workflow); the step counter, optimizer, scheduler and data position
-continue from it, so the last step is always the configured one.
+(after a worker failure or a restarted workflow); step, optimizer, scheduler, data position and metric history
+continue from it, so the last step is always the configured one. The first metric row after a resume says so
+(`resumed_from`: the step of the checkpoint it continued from; `skipped_microbatches`: what each worker
+skipped of the data stream to get back to the saved position).
+
+A metric row (one per step, global over all workers):
+    step, loss (per label token), lr (the LR this step used), grad_norm, tokens (real positions),
+    sub_images (images and crops encoded), tokens_per_s, images_per_s, mfu, data_wait_fraction and
+    compute_fraction (of the step time: waiting for batches, in train_step; the rest is reporting),
+    step_time_s (since the previous step ended, so reporting and checkpointing count against throughput),
+    time (unix), workers, peak_memory_mb (rank 0).
 """
 
 from __future__ import annotations
@@ -17,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.train.torch
 import torch
 
-from mm1.train.checkpoint import MODEL_DIR, load_history, load_train_state, save_checkpoint
-from mm1.train.mfu import device_peak_flops, step_flops
-from mm1.train.schedule import build_optimizer, build_scheduler, choose_lr
+from mm1.train.checkpoint import MODEL_DIR, load_history, load_optimizer, load_train_state, save_checkpoint
+from mm1.train.data_position import DataPosition, micro_batches
+from mm1.train.mfu import device_peak_flops, flops_model, mfu
+from mm1.train.parallel import all_reduce_sum, wrap_model
+from mm1.train.schedule import build_optimizer, build_scheduler, choose_lr, sync_lr
+from mm1.train.step import train_step
 
 
 def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
@@ -36,11 +49,13 @@ def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
         source = None
     if source is not None:
         return MM1ForConditionalGeneration.from_pretrained(source), MM1Processor.from_pretrained(source)
-    processor_tokenizer = _tokenizer(cfg["tokenizer_dir"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
     m = cfg["model"]
     model = build_mm1(
         m["preset"],
-        processor_tokenizer,
+        tokenizer,
         image_size=m["image_size"],
         connector_type=m["connector"]["type"],
         num_image_tokens=m["connector"]["num_tokens"],
@@ -49,183 +64,143 @@ def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
         llm=m["llm"] or None,
         overrides=m["overrides"] or None,
     )
-    return model, MM1Processor.from_config(model.config, processor_tokenizer)
+    return model, MM1Processor.from_config(model.config, tokenizer)
 
 
-def _tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _non_embedding_params(model: torch.nn.Module) -> int:
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """N of MM1's LR law: every parameter but the LLM's token embeddings and (untied) output projection."""
     text = model.config.text_config
     embeddings = text.vocab_size * text.hidden_size * (1 if text.tie_word_embeddings else 2)
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 
-def _distribute(model: torch.nn.Module, stage: dict[str, Any]) -> torch.nn.Module:
-    if stage["activation_checkpointing"] and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
-    if stage["strategy"] == "fsdp":
-        # FSDP2: shard each decoder layer, then the whole model (GPU only; the config rejects it on CPU).
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    from mm1.model import apply_freeze
 
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16) if stage["precision"] == "bf16" else None
-        kwargs = {"mp_policy": policy} if policy else {}
-        model.to(ray.train.torch.get_device())
-        for layer in model.language_model.model.layers:
-            fully_shard(layer, **kwargs)
-        fully_shard(model, **kwargs)
-        return model
-    return ray.train.torch.prepare_model(model)
-
-
-def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     stage = cfg["stage_cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(stage["seed"] + rank)
     if not stage["use_gpu"]:
         torch.set_num_threads(max(1, int(stage["cpus_per_worker"])))
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and FSDP use the current device
+    torch.manual_seed(stage["seed"])  # the same initial weights on every worker (FSDP does not broadcast)
 
     checkpoint = ray.train.get_checkpoint()
+    state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         model, processor = _build_model(cfg, checkpoint_dir)
-        from mm1.model import apply_freeze
-
         apply_freeze(model, stage["freeze"])
-        lr, weight_decay, lr_why = choose_lr(stage["lr"], stage["weight_decay"], _non_embedding_params(model))
-        optimizer = build_optimizer(model, lr, weight_decay)
+        lr, weight_decay, lr_why = choose_lr(stage["lr"], stage["weight_decay"], non_embedding_params(model))
+        flops = flops_model(model.config, cfg["seq_len"])
+        crops = model.config.sub_images_per_image
+        model = wrap_model(
+            model, stage["strategy"], stage["precision"], device, stage["activation_checkpointing"]
+        )
+        optimizer = build_optimizer(model, lr, weight_decay)  # after wrapping: FSDP2 swaps the parameters
         scheduler = build_scheduler(optimizer, stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"])
-        step, consumed, history = 0, 0, []
         if checkpoint_dir is not None:
-            state = load_train_state(checkpoint_dir)
-            optimizer.load_state_dict(state["optimizer"])
+            state = load_train_state(checkpoint_dir, restore_rng=rank == 0)
+            load_optimizer(checkpoint_dir, model, optimizer, rank, legacy=state.pop("optimizer", None))
             scheduler.load_state_dict(state["scheduler"])
-            step, consumed = state["step"], state["consumed_microbatches"]
+            sync_lr(optimizer, scheduler)
             history = load_history(checkpoint_dir)
+    step = int(state["step"]) if state else 0
+    position = DataPosition.from_state(state, stage["batch_size"])
+    if rank:  # per-worker randomness from here on, reproducible across resumes
+        torch.manual_seed(stage["seed"] + 1000 * rank + step)
     if rank == 0:
         resumed = f"resumed at step {step}" if step else "from scratch"
         print(f"[{cfg['label']}] {resumed}; {lr_why}", flush=True)
 
-    patches_per_image = int(getattr(model.config, "num_patches", 0))  # per encoded (sub-)image, for MFU
-    device = ray.train.torch.get_device()
-    model = _distribute(model, stage)
-    model.train()
+    peak = device_peak_flops(device, stage["precision"])
+    peak_sum, unknown = all_reduce_sum([peak or 0.0, 0.0 if peak else 1.0])
+    total_peak = None if unknown else peak_sum
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if stage["precision"] == "bf16" and device.type == "cuda"
-        else contextlib.nullcontext()
+        if stage["precision"] == "bf16" and device.type == "cuda" and stage["strategy"] != "fsdp"
+        else None  # FSDP's mixed-precision policy casts instead
     )
     micro_batch = stage["batch_size"] // (world * stage["grad_accum"])
-    peak = cfg.get("peak_flops") or device_peak_flops(device)
-    seq_len = cfg["seq_len"]
-    shard = ray.train.get_dataset_shard("train")
     metrics_path = Path(cfg["metrics_path"]) if cfg.get("metrics_path") and rank == 0 else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
 
-    from mm1.data.loader import collate_packed
-
-    def batches():
-        """Micro-batches forever (epoch after epoch), skipping those a resumed run already consumed."""
-        seen = 0
-        while True:
-            produced = False
-            for batch in shard.iter_torch_batches(
-                batch_size=micro_batch, collate_fn=collate_packed, drop_last=True, prefetch_batches=4
-            ):
-                produced = True
-                seen += 1
-                if seen <= consumed:
-                    continue
-                yield batch
-            if not produced:
-                raise RuntimeError(
-                    f"the training data yields no batch of {micro_batch} sequences: "
-                    "add data or lower batch_size"
-                )
-
-    stream = batches()
+    skip = position.skip_microbatches(world, micro_batch)
+    stream = micro_batches(ray.train.get_dataset_shard("train"), micro_batch, world, skip, position)
+    resumed_from = step or None
+    model.train()
+    t_prev = time.perf_counter()
     while step < stage["steps"]:
-        t_step = time.perf_counter()
-        wait = 0.0
-        tokens = images = patches = 0
-        loss_sum = 0.0
-        for _ in range(stage["grad_accum"]):
-            t_wait = time.perf_counter()
-            batch = next(stream)
-            wait += time.perf_counter() - t_wait
-            consumed += 1
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast:
-                out = model(**batch)
-                loss = out.loss / stage["grad_accum"]
-            loss.backward()
-            loss_sum += loss.item()
-            tokens += int(batch["attention_mask"].sum())
-            images += int(batch["pixel_values"].shape[0])
-            patches += int(batch["pixel_values"].shape[0]) * patches_per_image
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), stage["grad_clip"])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        t_wait = time.perf_counter()
+        batches = [next(stream) for _ in range(stage["grad_accum"])]
+        t_compute = time.perf_counter()
+        wait = t_compute - t_wait
+        stats = train_step(
+            model,
+            optimizer,
+            scheduler,
+            batches,
+            device=device,
+            grad_clip=stage["grad_clip"],
+            autocast=autocast,
+        )
         step += 1
-        elapsed = time.perf_counter() - t_step
+        position.consumed += stage["batch_size"]
+        now = time.perf_counter()
+        compute = now - t_compute
+        elapsed, t_prev = now - t_prev, now
         row = {
             "stage": cfg["stage"],
             "step": step,
-            "loss": loss_sum,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "tokens_per_s": tokens * world / elapsed,
-            "images_per_s": images * world / elapsed,
+            "loss": stats.loss,
+            "lr": stats.lr,
+            "grad_norm": stats.grad_norm,
+            "tokens": stats.tokens,
+            "sub_images": stats.sub_images,
+            "tokens_per_s": stats.tokens / elapsed,
+            "images_per_s": stats.sub_images / crops / elapsed,
+            "mfu": mfu(flops.step_flops(stats.tokens, stats.sub_images), elapsed, total_peak),
             "data_wait_fraction": wait / elapsed,
-            "mfu": step_flops(model.module if hasattr(model, "module") else model, tokens, patches, seq_len)
-            / elapsed
-            / peak,
-            "peak_memory_mb": _peak_memory_mb(device),
+            "compute_fraction": compute / elapsed,
             "step_time_s": elapsed,
+            "time": time.time(),
+            "workers": world,
+            "peak_memory_mb": _peak_memory_mb(device),
         }
+        if resumed_from is not None:  # the first row after a resume says where it came from
+            row.update(resumed_from=resumed_from, skipped_microbatches=skip)
+            resumed_from = None
         history.append(row)
         if metrics_path is not None:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         is_checkpoint = step % stage["checkpoint_every"] == 0 or step == stage["steps"]
-        if is_checkpoint or step % stage["log_every"] == 0:
-            _report(row, is_checkpoint, rank, model, processor, optimizer, scheduler, step, consumed, history)
-            if rank == 0:
-                print(
-                    f"[{cfg['label']}] step {step}/{stage['steps']} loss {row['loss']:.4f} "
-                    f"lr {row['lr']:.2e} tok/s {row['tokens_per_s']:.0f} wait {row['data_wait_fraction']:.1%}",
-                    flush=True,
-                )
-    return {"steps": step, "final_loss": history[-1]["loss"] if history else None}
-
-
-def _report(
-    row, is_checkpoint, rank, model, processor, optimizer, scheduler, step, consumed, history
-) -> None:
-    if not is_checkpoint:
-        ray.train.report(row)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        if not (is_checkpoint or step % stage["log_every"] == 0):
+            continue
+        if is_checkpoint:
+            train_state = {"step": step, "data_position": position.to_state()}
+            _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history)
+        else:
+            ray.train.report(row)
         if rank == 0:
-            save_checkpoint(
-                Path(tmp),
-                model,
-                processor,
-                optimizer,
-                scheduler,
-                {"step": step, "consumed_microbatches": consumed},
-                history,
+            print(
+                f"[{cfg['label']}] step {step}/{stage['steps']} loss {row['loss']:.4f} lr {row['lr']:.2e} "
+                f"tok/s {row['tokens_per_s']:.0f} wait {row['data_wait_fraction']:.1%}",
+                flush=True,
             )
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{step:06d}")
+
+
+def _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history) -> None:
+    """Every worker saves (a collective under FSDP) and reports; only rank 0 hands Ray a checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(Path(tmp), model, processor, optimizer, scheduler, train_state, history, rank)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{row['step']:06d}")
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -1,23 +1,53 @@
-"""Model FLOPs utilisation: model FLOPs per step x steps/s over the device's peak.
+"""Model FLOPs utilisation: useful model FLOPs per second over the hardware's peak.
 
-Per step, training FLOPs = 6 x (LLM non-embedding params x tokens + (vision + connector params) x image
-patches) + the attention term 12 x layers x width x seq_len per token (the PaLM appendix convention).
-The CPU peak is measured by a matmul probe; a GPU's peak is declared (bf16 dense, from the data sheet).
+FLOPs follow mm1.model.info (one definition for the whole platform): training FLOPs per LLM position
+(6 x active non-embedding LLM params + the output projection + PaLM's attention term at `seq_len`) and per
+encoded (sub-)image (6 x encoder + connector params per patch + the encoder's attention). Only real tokens
+count: padding is work the hardware does but the model does not need, so it lowers MFU, as it should.
+The peak of a CPU is measured by a matmul probe in the worker's own threads; a GPU's is declared from its data
+sheet (dense, no sparsity) for the precision the stage trains in; an unknown GPU has no peak (MFU None).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
+# Dense tensor-core peaks, FLOP/s: bf16, and tf32 (what fp32 matmuls run as on these cards).
+GPU_PEAK_FLOPS = {
+    "bf16": {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12},
+    "fp32": {"H200": 495e12, "H100": 495e12, "A100": 156e12, "L40S": 183e12, "L4": 60e12, "A10G": 35e12},
+}
+
+
+@dataclass(frozen=True)
+class FlopsModel:
+    """Training FLOPs of one step as a function of what it processed."""
+
+    per_token: float  # per real LLM position (text and image tokens alike)
+    per_sub_image: float  # per encoded image or crop
+
+    def step_flops(self, tokens: int, sub_images: int) -> float:
+        return self.per_token * tokens + self.per_sub_image * sub_images
+
+
+def flops_model(config, seq_len: int) -> FlopsModel:
+    """From an MM1Config (e.g. `model.config`), via mm1.model.info on the meta device (no memory)."""
+    from mm1.model.info import model_info
+
+    info = model_info(config, seq_len=seq_len)
+    return FlopsModel(
+        per_token=float(info["flops_per_token"]),
+        per_sub_image=float(info["flops_per_image"]) / config.sub_images_per_image,
+    )
 
 
 def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
-    """fp32 matmul throughput of this process's threads (the CPU's MFU denominator)."""
+    """Best fp32 matmul throughput of this process's torch threads (the CPU's MFU denominator)."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
+    torch.mm(a, b)  # warm-up: thread pool start and first-touch of the output
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -26,26 +56,20 @@ def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def device_peak_flops(device: torch.device) -> float:
+def gpu_peak_flops(name: str, precision: str) -> float | None:
+    table = GPU_PEAK_FLOPS["bf16" if precision == "bf16" else "fp32"]
+    return next((peak for key, peak in table.items() if key in name), None)
+
+
+def device_peak_flops(device: torch.device, precision: str = "fp32") -> float | None:
+    """Peak FLOP/s of one worker's device; None where unknown (an unlisted GPU), rather than a guess."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return peak
-        return 989e12
+        return gpu_peak_flops(torch.cuda.get_device_name(device), precision)
     return measure_cpu_peak_flops()
 
 
-def _count(module: torch.nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
-
-
-def step_flops(model: torch.nn.Module, tokens: int, image_patches: int, seq_len: int) -> float:
-    """Training FLOPs of one optimizer step over `tokens` LLM tokens and `image_patches` encoder patches."""
-    llm = getattr(model, "language_model", None)
-    text_cfg = model.config.text_config
-    embeddings = text_cfg.vocab_size * text_cfg.hidden_size * (1 if text_cfg.tie_word_embeddings else 2)
-    llm_params = _count(llm) - embeddings if llm is not None else 0
-    encoder_params = _count(getattr(model, "vision_tower", None)) + _count(getattr(model, "connector", None))
-    attention = 12 * text_cfg.num_hidden_layers * text_cfg.hidden_size * seq_len
-    return 6 * (llm_params * tokens + encoder_params * image_patches) + attention * tokens
+def mfu(flops: float, seconds: float, peak_flops: float | None) -> float | None:
+    """`flops` done in `seconds` over `peak_flops` (the summed peak of every device that did them)."""
+    if not peak_flops or seconds <= 0:
+        return None
+    return flops / seconds / peak_flops

@@ -1,0 +1,75 @@
+"""Where in the data stream a run stands, so a resumed run does not train on the same sequences twice.
+
+The position is counted in sequences over all workers (so it survives a change of worker count), and the
+length of one pass over the data is recorded once a pass ends, so a resume replays at most one pass rather
+than the whole history. Ray Data streams cannot seek: the skipped micro-batches are still read and packed.
+With several workers the position is exact in count, not in identity: `streaming_split` hands blocks to
+whichever worker asks first, so which rows a worker skips may differ from the ones it trained on; the pass
+as a whole is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class DataPosition:
+    consumed: int = 0  # sequences trained on, all workers and all passes together
+    pass_sequences: int = 0  # sequences one full pass delivered (all workers), 0 until a pass has ended
+    pass_layout: tuple[int, int] = (0, 0)  # (workers, micro-batch) the pass length was measured under
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, batch_size: int) -> DataPosition:
+        """From a checkpoint's train state; older checkpoints only know their step (of `batch_size`)."""
+        if not state:
+            return cls()
+        saved = state.get("data_position")
+        if saved is None:
+            return cls(consumed=int(state["step"]) * batch_size)
+        return cls(int(saved["consumed"]), int(saved["pass_sequences"]), tuple(saved["pass_layout"]))
+
+    def to_state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def skip_microbatches(self, workers: int, micro_batch: int) -> int:
+        """Micro-batches each worker must skip: the position within the current pass, when the pass length
+        is known for this layout (drop_last makes it depend on it), else from the very start."""
+        into = self.consumed
+        if self.pass_sequences and self.pass_layout == (workers, micro_batch):
+            into %= self.pass_sequences
+        return into // (workers * micro_batch)
+
+    def end_of_pass(self, microbatches_per_worker: int, workers: int, micro_batch: int) -> None:
+        self.pass_sequences = microbatches_per_worker * workers * micro_batch
+        self.pass_layout = (workers, micro_batch)
+
+
+def micro_batches(
+    shard: Any, micro_batch: int, workers: int, skip: int, position: DataPosition
+) -> Iterator[dict]:
+    """Collated micro-batches of this worker's shard, pass after pass, without the first `skip`.
+
+    `shard` is a Ray DataIterator (`ray.train.get_dataset_shard`); rows are packed by mm1.data.loader and
+    collated there. A pass that yields nothing is an error (too little data for one micro-batch).
+    """
+    from mm1.data.loader import collate_packed
+
+    seen = 0
+    while True:
+        in_pass = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=micro_batch, collate_fn=collate_packed, drop_last=True, prefetch_batches=4
+        ):
+            in_pass += 1
+            seen += 1
+            if seen > skip:
+                yield batch
+        if in_pass == 0:
+            raise RuntimeError(
+                f"the training data yields no micro-batch of {micro_batch} sequences per worker: "
+                "add data, lower batch_size or use fewer workers"
+            )
+        position.end_of_pass(in_pass, workers, micro_batch)

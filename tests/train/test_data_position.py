@@ -1,0 +1,59 @@
+"""The data position a resumed run skips to, and the micro-batch stream that skips it (no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm1.train.data_position import DataPosition, micro_batches
+
+
+def test_skip_from_the_start_until_a_pass_length_is_known():
+    position = DataPosition(consumed=48)
+    assert position.skip_microbatches(workers=2, micro_batch=4) == 6
+    assert position.skip_microbatches(workers=1, micro_batch=4) == 12  # counted in sequences: any layout
+
+
+def test_skip_within_the_current_pass_once_its_length_is_known():
+    position = DataPosition(consumed=100)
+    position.end_of_pass(microbatches_per_worker=10, workers=2, micro_batch=2)  # 40 sequences a pass
+    assert position.pass_sequences == 40
+    assert position.skip_microbatches(workers=2, micro_batch=2) == 5  # 100 % 40 = 20 sequences in
+    # Another layout drops a different remainder per pass: the measured length does not apply.
+    assert position.skip_microbatches(workers=1, micro_batch=2) == 50
+
+
+def test_state_round_trip_and_older_checkpoints():
+    position = DataPosition(consumed=12, pass_sequences=40, pass_layout=(2, 2))
+    assert DataPosition.from_state({"data_position": position.to_state()}, batch_size=4) == position
+    assert DataPosition.from_state(None, batch_size=4) == DataPosition()
+    # Older checkpoints counted per-worker micro-batches; their step says as much.
+    assert DataPosition.from_state({"step": 3, "consumed_microbatches": 6}, batch_size=4).consumed == 12
+
+
+class FakeShard:
+    """What `iter_torch_batches` gives: `rows` items per pass, batched, last partial batch dropped."""
+
+    def __init__(self, rows: int):
+        self.rows, self.passes = rows, 0
+
+    def iter_torch_batches(self, *, batch_size, collate_fn, drop_last, prefetch_batches):
+        assert drop_last and collate_fn is not None
+        self.passes += 1
+        start = 1000 * self.passes
+        for i in range(0, self.rows - batch_size + 1, batch_size):
+            yield list(range(start + i, start + i + batch_size))
+
+
+def test_stream_skips_then_continues_across_passes_and_learns_the_pass_length():
+    shard, position = FakeShard(rows=7), DataPosition()
+    stream = micro_batches(shard, micro_batch=2, workers=1, skip=4, position=position)
+    # 3 micro-batches a pass (the 7th row is dropped): skipping 4 lands on the 2nd of the second pass.
+    assert next(stream) == [2002, 2003]
+    assert position.pass_sequences == 6 and position.pass_layout == (1, 2)
+    assert [next(stream) for _ in range(2)] == [[2004, 2005], [3000, 3001]]
+
+
+def test_stream_fails_loudly_without_a_single_micro_batch():
+    stream = micro_batches(FakeShard(rows=3), micro_batch=4, workers=1, skip=0, position=DataPosition())
+    with pytest.raises(RuntimeError, match="no micro-batch of 4 sequences"):
+        next(stream)
