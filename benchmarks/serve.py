@@ -374,9 +374,7 @@ def main() -> None:
         "--requests", type=int, default=0, help="requests per level (default 4 x conc, >= 40)"
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching-on setting (off = 1)")
-    parser.add_argument(
-        "--batch-wait", type=float, default=0.01, help="batch_wait_timeout_s (deploy default)"
-    )
+    parser.add_argument("--batch-wait", type=float, default=0.0, help="batch_wait_timeout_s (deploy default)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads, bare and per replica")
     parser.add_argument("--port", type=int, default=8777)
     parser.add_argument(

@@ -106,6 +106,10 @@ class ShapesConfig:
     interleaved_docs: int = 600
     text_samples: int = 800
     sft_samples: int = 2000
+    # Question/answer turns per SFT conversation, drawn uniformly in [min, max] (a scene has 5 to 7 questions,
+    # caption included): more turns per image train more answers per token of image features.
+    sft_min_turns: int = 1
+    sft_max_turns: int = 3
     seed: int = 0
 
 
@@ -248,8 +252,9 @@ class DeployConfig:
     autoscaling: AutoscalingConfig | None = None
     gpus_per_replica: float = 0
     max_batch_size: int = 16
-    # How long a request waits for others to share its prefill (decoding batches continuously anyway).
-    batch_wait_timeout_s: float = 0.005
+    # How long a request waits for others to share its prefill. Decoding batches continuously: requests that
+    # arrive while it decodes join at the next step without any wait, so 0 only spares a lone request the wait.
+    batch_wait_timeout_s: float = 0.0
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
     # On Kubernetes: the Secret (key `api-key`) the serving pods read the API key from (empty = no key).
@@ -404,6 +409,12 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
         weights.interleaved + weights.captions + weights.text <= 0
     ):
         fail("data.mixture", "weights must be >= 0 and sum to more than 0")
+    turns = wf.data.shapes
+    if not 1 <= turns.sft_min_turns <= turns.sft_max_turns:
+        fail(
+            "data.shapes.sft_min_turns",
+            f"must be at least 1 and at most sft_max_turns ({turns.sft_max_turns}), got {turns.sft_min_turns}",
+        )
     if wf.data.seq_len < 32:
         fail("data.seq_len", f"must be at least 32, got {wf.data.seq_len}")
     if not 0 <= wf.data.max_bad_fraction <= 1:

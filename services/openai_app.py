@@ -71,7 +71,7 @@ class ChatServer:
         finally:
             stream.cancel()  # the client went away (or the answer is complete): stop decoding it
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # replaced from the settings in __init__
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def _admit(self, prompts: list[Prompt]) -> list[RequestStream]:
         loop = asyncio.get_running_loop()
         streams = [RequestStream(loop) for _ in prompts]

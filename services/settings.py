@@ -25,8 +25,9 @@ class ServeSettings:
     gpus_per_replica: float = 0
     # Dynamic batching: concurrent requests are decoded together, up to this many (1 = no batching) ...
     max_batch_size: int = 16
-    # ... after waiting at most this long for the batch to fill.
-    batch_wait_timeout_s: float = 0.01
+    # ... after waiting at most this long for others to share its prefill. 0: requests that arrive while the
+    # loop is decoding queue up and join together at the next step anyway; a wait only delays a lone request.
+    batch_wait_timeout_s: float = 0.0
     # Requests a replica accepts at once (0 = 2 x max_batch_size: one batch decoding, the next one filling).
     max_ongoing_requests: int = 0
     # Environment variable holding the API key; unset or empty = no key required.

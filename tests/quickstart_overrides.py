@@ -5,7 +5,12 @@ from pathlib import Path
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "workflows" / "quickstart.yaml"
 
+# Two candidates (a connector sweep) at one CPU each, so the sweep, selection and the ablation table are
+# exercised and Ray Data keeps CPUs of its own in the 4-CPU test session.
 REDUCED = [
+    "sweep={model.connector.type: [avgpool, c-abstractor]}",
+    "pretrain.cpus_per_worker=1",
+    "sft.cpus_per_worker=1",
     "data.shapes.caption_samples=300",
     "data.shapes.interleaved_docs=60",
     "data.shapes.text_samples=100",

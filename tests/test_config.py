@@ -59,7 +59,21 @@ def test_quickstart_is_valid_and_typed():
     wf = load(ROOT / "workflows" / "quickstart.yaml")
     assert wf.name == "quickstart"
     assert isinstance(wf.pretrain.steps, int)
-    assert wf.sweep["model.connector.type"] == ["avgpool", "c-abstractor"]
+    assert wf.sweep == {}  # one candidate with both cores; the comparison is connector-ablation.yaml
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "workflows").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_workflow_validates(path):
+    wf = load(path)
+    assert wf.name == path.stem
+
+
+def test_the_connector_ablation_is_the_quickstart_with_a_sweep():
+    ablation = load(ROOT / "workflows" / "connector-ablation.yaml")
+    quickstart = load(ROOT / "workflows" / "quickstart.yaml")
+    assert ablation.sweep["model.connector.type"] == ["avgpool", "attnpool", "c-abstractor"]
+    assert ablation.sweep["model.connector.num_tokens"] == [16, 36]
+    assert ablation.data == quickstart.data and ablation.sft.lr == quickstart.sft.lr
 
 
 def test_command_line_overrides_are_typed_and_validated():

@@ -103,10 +103,14 @@ def write_text_shard(path: Path, rng: np.random.Generator, count: int, shard: in
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def sft_turns(scene: shapes.Scene, rng: np.random.Generator) -> list[dict]:
-    """1 to 3 question/answer turns from the question table, in LLaVA form (image before the 1st question)."""
+def sft_turns(
+    scene: shapes.Scene, rng: np.random.Generator, min_turns: int = 1, max_turns: int = 3
+) -> list[dict]:
+    """`min_turns` to `max_turns` question/answer turns (as many as the scene's question table holds, at
+    most) in random order, in LLaVA form (the image before the first question)."""
     table = shapes.questions(scene, rng)
-    picks = rng.choice(len(table), size=min(len(table), int(rng.integers(1, 4))), replace=False)
+    wanted = int(rng.integers(min_turns, max_turns + 1))
+    picks = rng.choice(len(table), size=min(len(table), wanted), replace=False)
     turns = []
     for n, i in enumerate(picks):
         question = table[int(i)].question
@@ -115,7 +119,9 @@ def sft_turns(scene: shapes.Scene, rng: np.random.Generator) -> list[dict]:
     return turns
 
 
-def write_sft_shard(path: Path, rng: np.random.Generator, count: int, shard: int) -> None:
+def write_sft_shard(
+    path: Path, rng: np.random.Generator, count: int, shard: int, turns: tuple[int, int] = (1, 3)
+) -> None:
     image_dir = path.parent / "images" / f"{shard:05d}"
     image_dir.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -124,7 +130,7 @@ def write_sft_shard(path: Path, rng: np.random.Generator, count: int, shard: int
         relative = f"images/{shard:05d}/{i:06d}.png"
         (path.parent / relative).write_bytes(png_encode(shapes.render(scene)))
         entries.append(
-            {"id": f"{shard:05d}-{i:06d}", "image": relative, "conversations": sft_turns(scene, rng)}
+            {"id": f"{shard:05d}-{i:06d}", "image": relative, "conversations": sft_turns(scene, rng, *turns)}
         )
     path.write_text(json.dumps(entries), encoding="utf-8")
 
@@ -137,11 +143,12 @@ WRITERS: dict[str, tuple[Callable, str]] = {
 }
 
 
-def _write_shard(out_dir: str, corpus: str, shard: int, count: int, seed: int) -> str:
+def _write_shard(out_dir: str, corpus: str, shard: int, count: int, cfg: ShapesConfig) -> str:
     writer, ext = WRITERS[corpus]
     path = Path(out_dir) / corpus / f"{shard:05d}.{ext}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer(path, _rng(seed, corpus, shard), count, shard)
+    extra = {"turns": (cfg.sft_min_turns, cfg.sft_max_turns)} if corpus == "sft" else {}
+    writer(path, _rng(cfg.seed, corpus, shard), count, shard, **extra)
     return str(path)
 
 
@@ -184,9 +191,9 @@ def write_shapes_corpora(
         import ray
 
         task = ray.remote(num_cpus=1)(_write_shard)
-        paths = ray.get([task.remote(str(out), c, s, n, cfg.seed) for c, s, n in plan])
+        paths = ray.get([task.remote(str(out), c, s, n, cfg) for c, s, n in plan])
     else:
-        paths = [_write_shard(str(out), c, s, n, cfg.seed) for c, s, n in plan]
+        paths = [_write_shard(str(out), c, s, n, cfg) for c, s, n in plan]
     result: dict[str, list[Path]] = {c: [] for c in WRITERS}
     for (corpus, _, _), path in zip(plan, paths, strict=True):
         result[corpus].append(Path(path))

@@ -116,3 +116,13 @@ def test_shapes_command_scales_the_defaults(tmp_path, capsys):
     assert "captions" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown"):
         shapes_command(str(tmp_path), colours=3)
+
+
+def test_sft_turns_follow_the_configured_range(tmp_path):
+    cfg = ShapesConfig(caption_samples=1, interleaved_docs=1, text_samples=1, sft_samples=40, seed=5)
+    cfg.sft_min_turns, cfg.sft_max_turns = 5, 7
+    paths = write_shapes_corpora(tmp_path, cfg, parallel=False)
+    entries = json.loads(paths["sft"][0].read_text())
+    answered = [len(e["conversations"]) // 2 for e in entries]
+    # A scene has 5 to 7 questions, so a draw above the table's size takes the whole table.
+    assert min(answered) >= 5 and max(answered) <= 7 and len(set(answered)) > 1
