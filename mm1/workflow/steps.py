@@ -46,6 +46,13 @@ def run_ingest(ctx: StepContext) -> StepResult:
 # ------------------------------------------------------------------------------------------------ training
 
 
+def concurrent_runs(candidates: int, cpus: float, cpus_per_run: float) -> int:
+    """How many candidates train at once. One CPU stays free for Ray Data's read and pack tasks: trainers
+    holding every CPU would starve their own input. A run that alone needs more still runs, one at a time."""
+    per_run = max(cpus_per_run, 1e-9)
+    return max(1, min(candidates, int(max(cpus - 1, per_run) // per_run)))
+
+
 def _lineage(ctx: StepContext, stage_name: str, cand: Candidate, parent: str) -> str:
     """Identity of a training run minus the settings a run can be continued under (e.g. more steps)."""
     wf = cand.workflow
@@ -72,7 +79,7 @@ def _train_candidates(
     stage_cfg = getattr(ctx.wf, stage_name)
     cpus = ray.cluster_resources().get("CPU", 1)
     per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
-    concurrent = max(1, min(len(cands), int(cpus // max(per_run, 1e-9))))
+    concurrent = concurrent_runs(len(cands), cpus, per_run)
     ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
 
     def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
