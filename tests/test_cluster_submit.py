@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent
 
 
 def free_ports(n: int) -> list[int]:
+    """n distinct ports free right now (held open together so that none is handed out twice)."""
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -33,7 +34,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def node_ports(prefix: str) -> list[str]:
+def node_ports() -> list[str]:
     names = [
         "node-manager-port",
         "object-manager-port",
@@ -43,6 +44,21 @@ def node_ports(prefix: str) -> list[str]:
         "dashboard-agent-grpc-port",
     ]
     return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)), strict=True)]
+
+
+def start_node(command: list[str], env: dict[str, str], marker: str, attempts: int = 3) -> None:
+    """`ray start` with ports picked just before it runs. A port free when picked can be taken by the
+    time a daemon binds it (the head's own processes open connections from the same range), so a failed
+    start is cleaned up and retried with fresh ports; the last failure is shown with Ray's own output."""
+    for attempt in range(1, attempts + 1):
+        proc = subprocess.run([*command, *node_ports()], env=env, capture_output=True, text=True, timeout=120)
+        if proc.returncode == 0:
+            return
+        kill_cluster(marker)
+        if attempt == attempts:
+            raise AssertionError(
+                f"`ray start` failed {attempts} times; last output:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            )
 
 
 def _children(pid: int) -> list[int]:
@@ -96,20 +112,20 @@ def two_node_cluster():
         "PATH": f"{BIN}:{os.environ['PATH']}",  # the job's `python` is this environment's
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    gcs, dashboard, client, min_worker = free_ports(4)
+    gcs, dashboard, client = free_ports(3)
     ray = str(BIN / "ray")
     head = [
         ray, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
         "--num-cpus=3", f"--temp-dir={temp_dir}", f"--ray-client-server-port={client}",
-        "--min-worker-port=21000", "--max-worker-port=21999", *node_ports("head"),
+        "--min-worker-port=21000", "--max-worker-port=21999",
     ]  # fmt: skip
     worker = [
         ray, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--temp-dir={worker_temp_dir}",
-        "--min-worker-port=22000", "--max-worker-port=22999", *node_ports("worker"),
+        "--min-worker-port=22000", "--max-worker-port=22999",
     ]  # fmt: skip
     try:
-        subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
+        start_node(head, env, str(temp_dir))
+        start_node(worker, env, str(worker_temp_dir))
         address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 60
         while True:
