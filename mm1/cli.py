@@ -222,8 +222,20 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Overrides may also follow options (`mm1 run wf.yaml --until ingest pretrain.steps=5`): argparse has
+    already matched the override list before it reads the option, so later KEY=VALUE words are added here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except _user_errors() as exc:

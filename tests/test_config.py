@@ -94,6 +94,18 @@ def test_defaults_follow_mm1():
     assert wf.pretrain.min_lr_ratio == 0.1
 
 
+def test_overrides_may_follow_options():
+    from mm1.cli import parse
+
+    args = parse(["run", "workflows/quickstart.yaml", "pretrain.steps=5", "--until", "ingest", "sft.steps=7"])
+    assert args.until == "ingest"
+    assert args.overrides == ["pretrain.steps=5", "sft.steps=7"]
+    with pytest.raises(SystemExit):
+        parse(["run", "workflows/quickstart.yaml", "--until", "ingest", "--nope"])
+    with pytest.raises(SystemExit):
+        parse(["status", "runs/quickstart", "pretrain.steps=5"])  # status takes no overrides
+
+
 def test_with_overrides_returns_a_validated_copy():
     wf = loads("name: x\n")
     changed = with_overrides(wf, {"model.image_size": 32, "model.connector.type": "avgpool"})

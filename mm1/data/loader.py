@@ -7,8 +7,10 @@ the truncation rule):
     num_tokens, num_images, num_samples  int32  (real tokens; images, not crops; documents in the row)
     images                               uint8 [num_images * crops, image_size, image_size, 3]
 with crops = image_grid**2 + 1 when splitting (row-major crops, then the overview: mm1.data.preprocess
-.split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors; use it as
-`iter_torch_batches(collate_fn=collate_packed)`, e.g. on `ray.train.get_dataset_shard("train")`.
+.split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors. Call it on the
+thread that trains, on numpy batches (`iter_batches(batch_format="numpy")`, as mm1.train.data_position
+does): as an `iter_torch_batches` collate_fn it runs on Ray's prefetch thread, where its torch ops slow the
+training step down on a CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mm1.data.packing import PackSpec, expand, pack
 from mm1.data.preprocess import split_image
 
 PACK_WINDOW = 256  # samples packed per chunk; larger = fewer half-empty rows at chunk ends
+MIN_ROW_FILL = 0.7  # packed rows are at least this full in practice (size estimates only)
 
 
 def _list_column(table: pa.Table, name: str) -> list[np.ndarray]:
@@ -144,6 +147,14 @@ def build_train_dataset(
     # one task running at a time (measured on 2 CPUs). This dataset's own context only: use every CPU.
     ds.context.op_resource_reservation_enabled = False
     return ds
+
+
+def packed_bytes_estimate(tokens: int, images: int, *, seq_len: int, image_size: int, crops: int) -> int:
+    """An upper bound of the bytes a stage's packed rows take: the token columns of rows at least
+    MIN_ROW_FILL full, and `images` decoded at `image_size` (pass the ingest's total if the stage's own
+    count is unknown)."""
+    rows = int(np.ceil(tokens / (MIN_ROW_FILL * seq_len)))
+    return rows * seq_len * 3 * 4 + images * crops * image_size * image_size * 3
 
 
 class PackedCollate(NumpyBatchCollateFn):

@@ -265,6 +265,40 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
     return out
 
 
+def every_question(scene: Scene, rng: np.random.Generator) -> list[Question]:
+    """Every question the table allows about `scene`, not one per type: the colour of each shape that occurs
+    once, the shape of each colour that occurs once, the count and existence of each present kind and of as
+    many absent kinds (drawn at random, so yes/no stay balanced), then count_all, word and caption. SFT on
+    this pool trains several grounding answers per image where `questions` trains one of each type."""
+    present = sorted({o.kind for o in scene.objects})
+    absent = [k for k in _kinds() if k not in present]
+    count = {k: sum(o.kind == k for o in scene.objects) for k in _kinds()}
+    out = [Question("count_all", "how many shapes are there?", str(len(scene.objects)))]
+    for pick in (present, [absent[int(i)] for i in rng.choice(len(absent), len(present), replace=False)]):
+        for colour, shape in pick:
+            out.append(
+                Question("count_kind", f"how many {colour} {shape}s are there?", str(count[(colour, shape)]))
+            )
+    for shape in SHAPES:
+        owners = [o for o in scene.objects if o.shape == shape]
+        if len(owners) == 1:
+            out.append(Question("colour_of", f"what color is the {shape}?", owners[0].colour))
+    for colour in COLOURS:
+        owners = [o for o in scene.objects if o.colour == colour]
+        if len(owners) == 1:
+            out.append(Question("shape_of", f"what shape is the {colour} object?", owners[0].shape))
+    for pick, answer in (
+        (present, "yes"),
+        ([absent[int(i)] for i in rng.choice(len(absent), len(present), replace=False)], "no"),
+    ):
+        for colour, shape in pick:
+            out.append(Question("exists", f"is there {article(colour)} {colour} {shape}?", answer))
+    if scene.word is not None:
+        out.append(Question("word", "what word is written?", scene.word.text))
+    out.append(Question("caption", "describe the image.", caption(scene)))
+    return out
+
+
 def describe_sentence(scene: Scene, rng: np.random.Generator) -> str:
     """A sentence about a scene for interleaved documents: its caption, a paraphrase, or one fact."""
     facts = [f"there are {number_word(len(scene.objects))} shapes in this picture"]

@@ -104,11 +104,16 @@ def write_text_shard(path: Path, rng: np.random.Generator, count: int, shard: in
 
 
 def sft_turns(
-    scene: shapes.Scene, rng: np.random.Generator, min_turns: int = 1, max_turns: int = 3
+    scene: shapes.Scene,
+    rng: np.random.Generator,
+    min_turns: int = 1,
+    max_turns: int = 3,
+    pool: str = "per-type",
 ) -> list[dict]:
-    """`min_turns` to `max_turns` question/answer turns (as many as the scene's question table holds, at
-    most) in random order, in LLaVA form (the image before the first question)."""
-    table = shapes.questions(scene, rng)
+    """`min_turns` to `max_turns` question/answer turns (as many as the scene's question pool holds, at
+    most) in random order, in LLaVA form (the image before the first question). `pool`: "per-type" draws
+    from one question per type (`shapes.questions`), "every" from all of them (`shapes.every_question`)."""
+    table = (shapes.every_question if pool == "every" else shapes.questions)(scene, rng)
     wanted = int(rng.integers(min_turns, max_turns + 1))
     picks = rng.choice(len(table), size=min(len(table), wanted), replace=False)
     turns = []
@@ -120,7 +125,12 @@ def sft_turns(
 
 
 def write_sft_shard(
-    path: Path, rng: np.random.Generator, count: int, shard: int, turns: tuple[int, int] = (1, 3)
+    path: Path,
+    rng: np.random.Generator,
+    count: int,
+    shard: int,
+    turns: tuple[int, int] = (1, 3),
+    pool: str = "per-type",
 ) -> None:
     image_dir = path.parent / "images" / f"{shard:05d}"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +140,11 @@ def write_sft_shard(
         relative = f"images/{shard:05d}/{i:06d}.png"
         (path.parent / relative).write_bytes(png_encode(shapes.render(scene)))
         entries.append(
-            {"id": f"{shard:05d}-{i:06d}", "image": relative, "conversations": sft_turns(scene, rng, *turns)}
+            {
+                "id": f"{shard:05d}-{i:06d}",
+                "image": relative,
+                "conversations": sft_turns(scene, rng, *turns, pool),
+            }
         )
     path.write_text(json.dumps(entries), encoding="utf-8")
 
@@ -147,7 +161,11 @@ def _write_shard(out_dir: str, corpus: str, shard: int, count: int, cfg: ShapesC
     writer, ext = WRITERS[corpus]
     path = Path(out_dir) / corpus / f"{shard:05d}.{ext}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {"turns": (cfg.sft_min_turns, cfg.sft_max_turns)} if corpus == "sft" else {}
+    extra = (
+        {"turns": (cfg.sft_min_turns, cfg.sft_max_turns), "pool": cfg.sft_questions}
+        if corpus == "sft"
+        else {}
+    )
     writer(path, _rng(cfg.seed, corpus, shard), count, shard, **extra)
     return str(path)
 

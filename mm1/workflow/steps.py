@@ -53,6 +53,11 @@ def concurrent_runs(candidates: int, cpus: float, cpus_per_run: float) -> int:
     return max(1, min(candidates, int(max(cpus - 1, per_run) // per_run)))
 
 
+def should_materialize(mode: str, estimate_bytes: int, budget_bytes: float) -> bool:
+    """`data.materialize`: always, never, or (auto) when the estimate fits the budget."""
+    return mode == "always" or (mode == "auto" and estimate_bytes <= budget_bytes)
+
+
 def _lineage(ctx: StepContext, stage_name: str, cand: Candidate, parent: str) -> str:
     """Identity of a training run minus the settings a run can be continued under (e.g. more steps)."""
     wf = cand.workflow
@@ -67,7 +72,7 @@ def _train_candidates(
 ) -> StepResult:
     import ray
 
-    from mm1.data.loader import build_train_dataset
+    from mm1.data.loader import build_train_dataset, packed_bytes_estimate
     from mm1.train.launch import fit_stage
 
     ingest = ctx.upstream["ingest"]
@@ -81,6 +86,8 @@ def _train_candidates(
     per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
     concurrent = concurrent_runs(len(cands), cpus, per_run)
     ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
+    stats = json.loads((ingest_dir / "stats.json").read_text())
+    store_budget = ray.cluster_resources().get("object_store_memory", 0) / 4 / concurrent
 
     def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
         wf = cand.workflow
@@ -98,6 +105,22 @@ def _train_candidates(
             seed=stage.seed,
         )
         dataset.set_name(f"{wf.run_name}-{stage_name}-{cand.name}")  # how it reads in the Ray dashboard
+        grid = wf.model.image_grid
+        estimate = packed_bytes_estimate(
+            stats.get(stage_name, {}).get("tokens", 0),
+            stats.get("images", 0),
+            seq_len=wf.data.seq_len,
+            image_size=wf.model.image_size,
+            crops=grid * grid + 1 if grid > 1 else 1,
+        )
+        materialized = should_materialize(wf.data.materialize, estimate, store_budget)
+        if materialized:
+            dataset = dataset.materialize()  # packed once; every pass then reads the object store
+        ctx.log(
+            f"[{stage_name}:{cand.name}] packed rows {'materialized' if materialized else 'streamed'} "
+            f"(estimate {estimate / 2**20:.0f} MiB, budget {store_budget / 2**20:.0f} MiB, "
+            f"data.materialize={wf.data.materialize})"
+        )
         metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
         outcome = fit_stage(
             stage_name=stage_name,

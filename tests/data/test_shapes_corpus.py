@@ -126,3 +126,15 @@ def test_sft_turns_follow_the_configured_range(tmp_path):
     answered = [len(e["conversations"]) // 2 for e in entries]
     # A scene has 5 to 7 questions, so a draw above the table's size takes the whole table.
     assert min(answered) >= 5 and max(answered) <= 7 and len(set(answered)) > 1
+
+
+def test_sft_turns_can_draw_from_every_question(tmp_path):
+    cfg = ShapesConfig(caption_samples=1, interleaved_docs=1, text_samples=1, sft_samples=40, seed=5)
+    cfg.sft_min_turns, cfg.sft_max_turns, cfg.sft_questions = 8, 12, "every"
+    entries = json.loads(write_shapes_corpora(tmp_path, cfg, parallel=False)["sft"][0].read_text())
+    answered = [len(e["conversations"]) // 2 for e in entries]
+    assert max(answered) > 7  # more than the per-type table could give
+    questions = [t["value"].removeprefix("<image>\n") for e in entries for t in e["conversations"][::2]]
+    per_entry = [[t["value"] for t in e["conversations"][::2]] for e in entries]
+    assert all(len(set(q)) == len(q) for q in per_entry)  # no question twice in one conversation
+    assert all(q.startswith(QUESTION_STARTS) for q in questions)

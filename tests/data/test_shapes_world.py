@@ -154,6 +154,39 @@ def test_answers_are_one_lower_case_word_with_digit_counts():
                 assert q.answer.isdigit() and 0 <= int(q.answer) <= 4
 
 
+def test_every_question_asks_each_fact_once_and_balances_yes_and_no():
+    s = scene(obj("circle", "red", 5), obj("square", "blue", 40), obj("square", "green", 80), word="dog")
+    for seed in range(20):
+        qs = shapes.every_question(s, np.random.default_rng(seed))
+        kinds = [q.type for q in qs]
+        assert len({q.question for q in qs}) == len(qs)  # no question twice
+        assert kinds.count("count_all") == kinds.count("word") == kinds.count("caption") == 1
+        # colour_of: only the circle's shape is unique; shape_of: every colour is
+        assert [(q.question, q.answer) for q in qs if q.type == "colour_of"] == [
+            ("what color is the circle?", "red")
+        ]
+        assert sorted((q.question.split()[4], q.answer) for q in qs if q.type == "shape_of") == [
+            ("blue", "square"),
+            ("green", "square"),
+            ("red", "circle"),
+        ]
+        exists = [q for q in qs if q.type == "exists"]
+        assert sorted(q.answer for q in exists) == ["no"] * 3 + ["yes"] * 3
+        counts = {q.question: q.answer for q in qs if q.type == "count_kind"}
+        assert counts["how many blue squares are there?"] == "1" and list(counts.values()).count("0") == 3
+        for q in exists:
+            colour, shape = q.question.removesuffix("?").split()[3:5]
+            assert q.answer == ("yes" if any(o.kind == (colour, shape) for o in s.objects) else "no")
+    # every question of the per-type table is one of these (same wording, same answer)
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        sampled_scene = shapes.sample_scene(rng)
+        pool = {(q.question, q.answer) for q in shapes.every_question(sampled_scene, rng)}
+        for q in shapes.questions(sampled_scene, rng):
+            if q.type not in ("count_kind", "exists") or q.answer not in ("0", "no"):
+                assert (q.question, q.answer) in pool
+
+
 # ------------------------------------------------------------------------------------------ geometry
 
 

@@ -17,6 +17,34 @@ def test_document_ids_split_at_position_restarts():
     assert document_ids(torch.arange(6)[None]) is None
 
 
+def test_sdpa_mask_is_the_one_transformers_builds():
+    from transformers import LlamaConfig
+    from transformers.masking_utils import create_causal_mask, packed_sequence_mask_function
+
+    from mm1.model.packing import packed_attention_mask
+
+    config = LlamaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1, vocab_size=8)
+    config._attn_implementation = "sdpa"
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        rows = []
+        for _ in range(3):  # documents of random lengths, then padding (positions 0, 1, ...)
+            lengths = torch.randint(1, 9, (4,), generator=generator).tolist()
+            rows.append(torch.cat([torch.arange(n) for n in lengths])[:24])
+        positions = torch.stack([torch.nn.functional.pad(r, (0, 24 - len(r))) for r in rows])
+        attention = (torch.rand(3, 24, generator=generator) > 0.2).long()
+        embeds = torch.zeros(3, 24, 16)
+        docs = document_ids(positions)
+        expected = create_causal_mask(
+            config=config,
+            inputs_embeds=embeds,
+            attention_mask=attention,
+            cache=None,
+            and_mask_function=packed_sequence_mask_function(docs),
+        )
+        assert torch.equal(packed_attention_mask(config, embeds, attention, docs), expected)
+
+
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_row_matches_documents_run_separately(tokenizer, attn, padded):

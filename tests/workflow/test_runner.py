@@ -48,6 +48,18 @@ def test_changing_sft_reruns_sft_and_what_follows_only(tmp_path):
     assert calls == ["sft", "evaluate"]
 
 
+def test_materializing_the_data_reruns_nothing_but_changing_the_data_does(tmp_path):
+    calls: list[str] = []
+    run_workflow(workflow(tmp_path), counting_steps(calls), log=lambda _: None)
+    calls.clear()
+    run_workflow(
+        workflow(tmp_path, "data:\n  materialize: never\n"), counting_steps(calls), log=lambda _: None
+    )
+    assert calls == []  # how the rows are held is not what they are
+    run_workflow(workflow(tmp_path, "data:\n  seq_len: 128\n"), counting_steps(calls), log=lambda _: None)
+    assert calls == ["ingest", "pretrain", "sft", "evaluate"]
+
+
 def test_from_forces_a_step_and_its_successors(tmp_path):
     calls: list[str] = []
     run_workflow(workflow(tmp_path), counting_steps(calls), log=lambda _: None)
