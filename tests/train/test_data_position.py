@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from mm1.train.data_position import DataPosition, micro_batches
 
@@ -30,27 +32,51 @@ def test_state_round_trip_and_older_checkpoints():
     assert DataPosition.from_state({"step": 3, "consumed_microbatches": 6}, batch_size=4).consumed == 12
 
 
+def packed_rows(ids: list[int]) -> dict[str, np.ndarray]:
+    """Numpy packed rows (the layout of mm1.data.loader) whose tokens are all `id`, without images."""
+    n = len(ids)
+    images = np.empty(n, dtype=object)
+    for i in range(n):
+        images[i] = np.zeros((0, 8, 8, 3), dtype=np.uint8)
+    return {
+        "input_ids": np.repeat(np.array(ids, dtype=np.int32)[:, None], 4, axis=1),
+        "labels": np.repeat(np.array(ids, dtype=np.int32)[:, None], 4, axis=1),
+        "position_ids": np.tile(np.arange(4, dtype=np.int32), (n, 1)),
+        "num_tokens": np.full(n, 4, dtype=np.int32),
+        "images": images,
+    }
+
+
 class FakeShard:
-    """What `iter_torch_batches` gives: `rows` items per pass, batched, last partial batch dropped."""
+    """A stand-in for Ray's DataIterator: `rows` rows per pass, numpy batches, last partial batch dropped."""
 
     def __init__(self, rows: int):
         self.rows, self.passes = rows, 0
 
-    def iter_torch_batches(self, *, batch_size, collate_fn, drop_last, prefetch_batches):
-        assert drop_last and collate_fn is not None
+    def iter_batches(self, *, batch_size, drop_last, prefetch_batches, batch_format):
+        assert drop_last and batch_format == "numpy"
         self.passes += 1
         start = 1000 * self.passes
         for i in range(0, self.rows - batch_size + 1, batch_size):
-            yield list(range(start + i, start + i + batch_size))
+            yield packed_rows(list(range(start + i, start + i + batch_size)))
+
+
+def row_ids(batch: dict) -> list[int]:
+    return batch["input_ids"][:, 0].tolist()
 
 
 def test_stream_skips_then_continues_across_passes_and_learns_the_pass_length():
     shard, position = FakeShard(rows=7), DataPosition()
     stream = micro_batches(shard, micro_batch=2, workers=1, skip=4, position=position)
     # 3 micro-batches a pass (the 7th row is dropped): skipping 4 lands on the 2nd of the second pass.
-    assert next(stream) == [2002, 2003]
+    first = next(stream)
+    assert row_ids(first) == [2002, 2003]
+    assert isinstance(first["input_ids"], torch.Tensor) and first["attention_mask"].shape == (
+        2,
+        4,
+    )  # collated
     assert position.pass_sequences == 6 and position.pass_layout == (1, 2)
-    assert [next(stream) for _ in range(2)] == [[2004, 2005], [3000, 3001]]
+    assert [row_ids(next(stream)) for _ in range(2)] == [[2004, 2005], [3000, 3001]]
 
 
 def test_stream_fails_loudly_without_a_single_micro_batch():
