@@ -39,6 +39,8 @@ import httpx
 import numpy as np
 import torch
 
+from mm1.config import DeployConfig
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 QUESTION = "how many shapes are there?"
@@ -318,7 +320,13 @@ def as_run(label: str, results: list[RequestResult]) -> RunMetrics:
 
 
 def start_endpoint(
-    checkpoint: str, name: str, port: int, max_batch_size: int, wait_s: float, threads: int
+    checkpoint: str,
+    name: str,
+    port: int,
+    max_batch_size: int,
+    wait_s: float,
+    threads: int,
+    stream_interval_s: float,
 ) -> str:
     from ray import serve
 
@@ -332,6 +340,7 @@ def start_endpoint(
         "batch_wait_timeout_s": wait_s,
         "max_ongoing_requests": max(2 * max_batch_size, 64),
         "torch_threads": threads,
+        "stream_interval_s": stream_interval_s,
     }
     serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -375,6 +384,12 @@ def main() -> None:
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="batching-on setting (off = 1)")
     parser.add_argument("--batch-wait", type=float, default=0.0, help="batch_wait_timeout_s (deploy default)")
+    parser.add_argument(
+        "--stream-interval",
+        type=float,
+        default=DeployConfig.stream_interval_s,
+        help="stream_interval_s: seconds between streamed chunks after the first (deploy default; 0 = every step)",
+    )
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads, bare and per replica")
     parser.add_argument("--port", type=int, default=8777)
     parser.add_argument(
@@ -398,7 +413,8 @@ def main() -> None:
     png = benchmark_image()
     body = request_body(png, args.max_tokens)
     print(
-        f"checkpoint {checkpoint}; {args.max_tokens} tokens per request; torch threads {args.torch_threads}"
+        f"checkpoint {checkpoint}; {args.max_tokens} tokens per request; torch threads {args.torch_threads}; "
+        f"stream interval {args.stream_interval * 1000:g} ms"
     )
     print(f"load average before: {os.getloadavg()}")
 
@@ -420,7 +436,9 @@ def main() -> None:
     load_report = None
     for label, batch in (("endpoint batched", args.max_batch_size), ("endpoint unbatched", 1)):
         name = f"bench-{batch}"
-        url = start_endpoint(checkpoint, name, args.port, batch, args.batch_wait, args.torch_threads)
+        url = start_endpoint(
+            checkpoint, name, args.port, batch, args.batch_wait, args.torch_threads, args.stream_interval
+        )
         for c in args.concurrency:
             if c == 1:
                 runs = asyncio.run(

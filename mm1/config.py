@@ -265,6 +265,9 @@ class DeployConfig:
     # How long a request waits for others to share its prefill. Decoding batches continuously: requests that
     # arrive while it decodes join at the next step without any wait, so 0 only spares a lone request the wait.
     batch_wait_timeout_s: float = 0.0
+    # Streaming pace: a streamed answer sends a chunk at most every this many seconds (the first token and
+    # the end at once), carrying every token decoded meanwhile; 0 = a chunk per decode step.
+    stream_interval_s: float = 0.02
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
     # On Kubernetes: the Secret (key `api-key`) the serving pods read the API key from (empty = no key).
@@ -481,6 +484,11 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
             f"'{wf.select.metric}' must be BENCHMARK/METRIC with BENCHMARK one of evaluate.benchmarks "
             f"({', '.join(wf.evaluate.benchmarks)}), e.g. shapes-vqa/overall",
         )
+    for key in ("batch_wait_timeout_s", "stream_interval_s"):
+        if getattr(wf.deploy, key) < 0:
+            fail(f"deploy.{key}", f"must be >= 0 seconds, got {getattr(wf.deploy, key)}")
+    if wf.deploy.max_batch_size < 1:
+        fail("deploy.max_batch_size", f"must be at least 1, got {wf.deploy.max_batch_size}")
     if wf.cluster.backend == "ray" and not wf.cluster.address:
         fail("cluster.address", "backend 'ray' needs the dashboard address, e.g. http://HOST:8265")
     for key, values in wf.sweep.items():

@@ -74,7 +74,7 @@ class ChatServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def _admit(self, prompts: list[Prompt]) -> list[RequestStream]:
         loop = asyncio.get_running_loop()
-        streams = [RequestStream(loop) for _ in prompts]
+        streams = [RequestStream(loop, self.settings.stream_interval_s) for _ in prompts]
         self.decoder.submit(prompts, streams)
         return streams
 

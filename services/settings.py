@@ -28,6 +28,10 @@ class ServeSettings:
     # ... after waiting at most this long for others to share its prefill. 0: requests that arrive while the
     # loop is decoding queue up and join together at the next step anyway; a wait only delays a lone request.
     batch_wait_timeout_s: float = 0.0
+    # Streaming pace: after a chunk, the next leaves once this long has passed, with every token decoded
+    # meanwhile (the first token and the end are never held). Each chunk crosses replica -> proxy -> client,
+    # which costs more than a small model's decode step; 0 = a chunk per step with visible text.
+    stream_interval_s: float = 0.02
     # Requests a replica accepts at once (0 = 2 x max_batch_size: one batch decoding, the next one filling).
     max_ongoing_requests: int = 0
     # Environment variable holding the API key; unset or empty = no key required.
@@ -56,6 +60,8 @@ class ServeSettings:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.batch_wait_timeout_s < 0:
             raise ValueError(f"batch_wait_timeout_s must be >= 0, got {self.batch_wait_timeout_s}")
+        if self.stream_interval_s < 0:
+            raise ValueError(f"stream_interval_s must be >= 0, got {self.stream_interval_s}")
         if self.max_images < 0 or self.max_image_bytes < 1 or self.max_image_pixels < 1:
             raise ValueError(
                 f"image limits must be positive: max_images={self.max_images}, "
@@ -99,6 +105,7 @@ class ServeSettings:
             gpus_per_replica=deploy.gpus_per_replica,
             max_batch_size=deploy.max_batch_size,
             batch_wait_timeout_s=deploy.batch_wait_timeout_s,
+            stream_interval_s=deploy.stream_interval_s,
             api_key_env=deploy.api_key_env,
             max_images=deploy.max_images,
             max_image_bytes=deploy.max_image_bytes,

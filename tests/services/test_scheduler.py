@@ -4,13 +4,15 @@ decoding failure reaches every live request without killing the loop."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 from conftest import image_bytes
 
 from mm1.data.preprocess import load_image
 from mm1.model import load_for_inference
-from services.engine import Engine, Prompt
+from services.engine import Engine, Prompt, StepOutput
 from services.sampling import SamplingParams
 from services.scheduler import DecodeLoop, RequestStream
 
@@ -115,3 +117,48 @@ def test_a_decoding_failure_reaches_live_requests_and_the_loop_survives(engine, 
 
     (_, tokens, _), alive = asyncio.run(main())
     assert tokens == 3 and alive
+
+
+def _paced_chunks(interval_s: float, steps: int, gap_s: float) -> tuple[list[StepOutput], list[float], float]:
+    """A stream fed one step every `gap_s` from another thread, as the decoding loop feeds it; returns the
+    chunks, when each arrived, and when the last step was delivered."""
+    delivered: list[float] = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stream = RequestStream(loop, interval_s)
+
+        def produce():
+            for i in range(1, steps + 1):
+                time.sleep(gap_s)
+                delivered.append(time.perf_counter())
+                stream.deliver(StepOutput(f"t{i} ", i, "length" if i == steps else None))
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        chunks, arrived = [], []
+        async for out in stream:
+            chunks.append(out)
+            arrived.append(time.perf_counter())
+        producer.join()
+        return chunks, arrived
+
+    chunks, arrived = asyncio.run(main())
+    return chunks, arrived, delivered[-1]
+
+
+def test_a_paced_stream_sends_few_chunks_and_holds_back_neither_the_first_token_nor_the_end():
+    chunks, arrived, last_delivered = _paced_chunks(interval_s=0.1, steps=40, gap_s=0.005)
+    assert "".join(c.text for c in chunks) == "".join(f"t{i} " for i in range(1, 41))
+    assert chunks[0].text == "t1 " and chunks[0].completion_tokens == 1  # the first token goes out alone
+    assert (chunks[-1].completion_tokens, chunks[-1].finish_reason) == (40, "length")
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    # 40 steps over >= 0.2 s at one chunk per 0.1 s: a handful of chunks, not one per step.
+    assert 2 <= len(chunks) <= 8
+    assert arrived[-1] - last_delivered < 0.09  # the end is sent when it is decoded, not an interval later
+
+
+def test_an_unpaced_stream_sends_steps_as_they_come():
+    chunks, _, _ = _paced_chunks(interval_s=0.0, steps=20, gap_s=0.01)
+    assert "".join(c.text for c in chunks) == "".join(f"t{i} " for i in range(1, 21))
+    assert len(chunks) >= 10  # steps 10 ms apart are not merged without pacing

@@ -18,6 +18,8 @@ def test_builder_args_round_trip_and_reject_typos():
         ServeSettings.from_args({"checkpoint": "/ck", "max_batch_sise": 8})
     with pytest.raises(ValueError, match="checkpoint"):
         ServeSettings.from_args({"model_name": "m", "checkpoint": ""})
+    with pytest.raises(ValueError, match="stream_interval_s must be >= 0, got -1"):
+        ServeSettings.from_args({"checkpoint": "/ck", "stream_interval_s": -1})
 
 
 def test_from_deploy_section():
@@ -28,6 +30,7 @@ deploy:
   gpus_per_replica: 0.5
   max_batch_size: 32
   batch_wait_timeout_s: 0.02
+  stream_interval_s: 0.05
   api_key_env: MY_KEY
   allowed_image_hosts: [images.example.org]
   autoscaling: {min_replicas: 1, max_replicas: 3, target_ongoing_requests: 4}
@@ -36,6 +39,7 @@ deploy:
     s = ServeSettings.from_deploy(wf.deploy, "/ck", "wf")
     assert (s.max_batch_size, s.batch_wait_timeout_s, s.api_key_env) == (32, 0.02, "MY_KEY")
     assert s.allowed_image_hosts == ("images.example.org",)
+    assert s.stream_interval_s == 0.05
     assert s.torch_device == "cuda"
     options = deployment_options(s)
     assert options["ray_actor_options"]["num_gpus"] == 0.5
