@@ -120,8 +120,8 @@ def test_a_decoding_failure_reaches_live_requests_and_the_loop_survives(engine, 
 
 
 def _paced_chunks(interval_s: float, steps: int, gap_s: float) -> tuple[list[StepOutput], list[float], float]:
-    """A stream fed one step every `gap_s` from another thread, as the decoding loop feeds it; returns the
-    chunks, when each arrived, and when the last step was delivered."""
+    """A stream fed from another thread, as the decoding loop feeds it: the first step, 0.1 s later the
+    second, then one every `gap_s`; returns the chunks, when each arrived, and when the last step came."""
     delivered: list[float] = []
 
     async def main():
@@ -130,7 +130,7 @@ def _paced_chunks(interval_s: float, steps: int, gap_s: float) -> tuple[list[Ste
 
         def produce():
             for i in range(1, steps + 1):
-                time.sleep(gap_s)
+                time.sleep(gap_s if i != 2 else 0.1)  # the first token alone for a while, then a burst
                 delivered.append(time.perf_counter())
                 stream.deliver(StepOutput(f"t{i} ", i, "length" if i == steps else None))
 
@@ -147,15 +147,20 @@ def _paced_chunks(interval_s: float, steps: int, gap_s: float) -> tuple[list[Ste
     return chunks, arrived, delivered[-1]
 
 
-def test_a_paced_stream_sends_few_chunks_and_holds_back_neither_the_first_token_nor_the_end():
-    chunks, arrived, last_delivered = _paced_chunks(interval_s=0.1, steps=40, gap_s=0.005)
+def test_a_paced_stream_sends_a_chunk_per_interval_and_the_first_token_alone():
+    chunks, _, _ = _paced_chunks(interval_s=0.05, steps=40, gap_s=0.005)
     assert "".join(c.text for c in chunks) == "".join(f"t{i} " for i in range(1, 41))
     assert chunks[0].text == "t1 " and chunks[0].completion_tokens == 1  # the first token goes out alone
     assert (chunks[-1].completion_tokens, chunks[-1].finish_reason) == (40, "length")
     assert all(c.finish_reason is None for c in chunks[:-1])
-    # 40 steps over >= 0.2 s at one chunk per 0.1 s: a handful of chunks, not one per step.
-    assert 2 <= len(chunks) <= 8
-    assert arrived[-1] - last_delivered < 0.09  # the end is sent when it is decoded, not an interval later
+    # 39 steps over >= 0.3 s at one chunk per 50 ms: a handful of chunks, not one per step.
+    assert 2 <= len(chunks) <= 12
+
+
+def test_a_paced_stream_sends_the_end_when_it_is_decoded_not_an_interval_later():
+    chunks, arrived, last_delivered = _paced_chunks(interval_s=1.0, steps=10, gap_s=0.01)
+    assert [c.completion_tokens for c in chunks] == [1, 10]  # the first token, then the rest and the end
+    assert arrived[-1] - last_delivered < 0.5  # held back, it would have waited out the 1 s interval
 
 
 def test_an_unpaced_stream_sends_steps_as_they_come():
