@@ -167,7 +167,9 @@ class ConnectorConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = choice("tiny", "tiny", "mm1-3b", "mm1-7b", "mm1-30b", "mm1-3b-moe", "mm1-7b-moe")
+    preset: str = choice(
+        "tiny", "tiny", "tiny-cnn", "mm1-3b", "mm1-7b", "mm1-30b", "mm1-3b-moe", "mm1-7b-moe"
+    )
     # Encoder input resolution in pixels.
     image_size: int = 64
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
@@ -212,6 +214,10 @@ class TrainConfig:
     max_failures: int = 2
     log_every: int = 10
     seed: int = 0
+    # Packed rows each worker holds to shuffle its stream, reshuffled every pass (seed + pass): without it
+    # every epoch replays the same batches in the same order. Memory: rows x (ids + images) per worker.
+    # 0 = the dataset's fixed order.
+    shuffle_buffer: int = 1024
 
 
 @dataclass
@@ -444,6 +450,8 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
         ):
             if getattr(stage, key) < 1:
                 fail(f"{stage_name}.{key}", f"must be at least 1, got {getattr(stage, key)}")
+        if stage.shuffle_buffer < 0:
+            fail(f"{stage_name}.shuffle_buffer", f"must be 0 (off) or more rows, got {stage.shuffle_buffer}")
         if stage.batch_size % (stage.num_workers * stage.grad_accum):
             fail(
                 f"{stage_name}.batch_size",

@@ -75,6 +75,7 @@ def test_the_connector_ablation_is_the_quickstart_with_a_sweep():
     assert ablation.sweep["model.connector.num_tokens"] == [16, 36]
     assert ablation.data == quickstart.data and ablation.sft.lr == quickstart.sft.lr
     assert ablation.model.overrides == quickstart.model.overrides
+    assert ablation.model.preset == quickstart.model.preset
 
 
 def test_command_line_overrides_are_typed_and_validated():

@@ -6,7 +6,7 @@ AutoModelForCausalLM, so `from_pretrained` works on saved checkpoints through th
 
 from mm1.model.configuration import CONNECTOR_TYPES, MM1Config
 from mm1.model.connectors import build_connector
-from mm1.model.freeze import PARTS, apply_freeze
+from mm1.model.freeze import PARTS, apply_freeze, train_mode
 from mm1.model.info import format_model_info, model_info
 from mm1.model.loading import generate_answers, load_for_inference, save_for_inference
 from mm1.model.modeling import MM1CausalLMOutput, MM1ForConditionalGeneration, upcycle_to_moe
@@ -30,5 +30,6 @@ __all__ = [
     "mm1_config",
     "model_info",
     "save_for_inference",
+    "train_mode",
     "upcycle_to_moe",
 ]

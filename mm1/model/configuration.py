@@ -14,6 +14,7 @@ from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from mm1.data.preprocess import CLIP_MEAN, CLIP_STD
+from mm1.model.vision import feature_geometry
 
 CONNECTOR_TYPES = ("avgpool", "attnpool", "c-abstractor")
 
@@ -39,7 +40,7 @@ class MM1Config(PretrainedConfig):
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
 
-    vision_config: dict | PretrainedConfig | None = None  # any HF vision config (CLIP / SigLIP vision)
+    vision_config: dict | PretrainedConfig | None = None  # HF vision config: CLIP, SigLIP, ResNet, ConvNeXt
     text_config: dict | PretrainedConfig | None = None  # any HF causal-LM config
 
     connector_type: Literal["avgpool", "attnpool", "c-abstractor"] = "c-abstractor"
@@ -83,13 +84,18 @@ class MM1Config(PretrainedConfig):
 
     @property
     def num_patches(self) -> int:
-        return (self.image_size // self.vision_config.patch_size) ** 2
+        """Features the encoder gives per (sub-)image: patches of a ViT, cells of a CNN's last feature map."""
+        return (self.image_size // feature_geometry(self.vision_config).stride) ** 2
+
+    @property
+    def vision_hidden_size(self) -> int:
+        return feature_geometry(self.vision_config).channels
 
     def _check(self) -> None:
         """Fail at construction, naming the offending values, rather than deep inside a forward pass."""
         if self.connector_type not in CONNECTOR_TYPES:
             raise ValueError(f"connector_type={self.connector_type!r}; expected one of {CONNECTOR_TYPES}")
-        k, patch = self.num_image_tokens, self.vision_config.patch_size
+        k, patch = self.num_image_tokens, feature_geometry(self.vision_config).stride
         if k <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {k}")
         if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) ** 2 != k:
@@ -98,7 +104,8 @@ class MM1Config(PretrainedConfig):
             )
         if self.image_size % patch:
             raise ValueError(
-                f"image_size={self.image_size} is not a multiple of the vision patch size {patch}"
+                f"image_size={self.image_size} is not a multiple of the vision patch size (or total "
+                f"stride) {patch}"
             )
         side = self.image_size // patch
         if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) > side:

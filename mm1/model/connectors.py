@@ -104,13 +104,17 @@ class CAbstractor(nn.Module):
 
 
 def build_connector(config: MM1Config) -> nn.Module:
-    vision_hidden = config.vision_config.hidden_size
+    vision_hidden = config.vision_hidden_size
     text_hidden = config.text_config.hidden_size
     k = config.num_image_tokens
     if config.connector_type == "avgpool":
         return AvgPoolConnector(vision_hidden, text_hidden, k)
     if config.connector_type == "attnpool":
-        return AttnPoolConnector(vision_hidden, text_hidden, k, config.vision_config.num_attention_heads)
+        # A CNN tower has no attention heads to copy: the largest of 8, 4, 2, 1 that divides its width.
+        heads = getattr(config.vision_config, "num_attention_heads", None) or next(
+            h for h in (8, 4, 2, 1) if vision_hidden % h == 0
+        )
+        return AttnPoolConnector(vision_hidden, text_hidden, k, heads)
     if config.connector_type == "c-abstractor":
         channels = config.connector_hidden_size or vision_hidden
         return CAbstractor(vision_hidden, text_hidden, k, config.connector_depth, channels)

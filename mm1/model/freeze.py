@@ -25,3 +25,12 @@ def apply_freeze(model: MM1ForConditionalGeneration, parts: Iterable[str]) -> li
     for name, module in part_modules(model).items():
         module.requires_grad_(name not in frozen)
     return frozen
+
+
+def train_mode(model: MM1ForConditionalGeneration, frozen: Iterable[str]) -> None:
+    """model.train(), but frozen parts stay in eval mode: a frozen part is a fixed function, so batch norm
+    keeps its running statistics (a CNN tower's would otherwise drift with every batch) and dropout is off."""
+    model.train()
+    modules = part_modules(model)
+    for name in frozen:
+        modules[name].eval()

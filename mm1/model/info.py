@@ -11,7 +11,9 @@ Definitions:
                     over a seq_len context, not halved for causality (as in PaLM).
   FLOPs per image   training FLOPs of the encoder and connector per image (all sub-images):
                       sub_images * [P * 6 * (N_vision + N_connector) + 12 * L_v * d_v * P^2], P = patches;
-                    the connector term is an upper bound (its second stage runs on k < P positions).
+                    the connector term is an upper bound (its second stage runs on k < P positions). A
+                    convolutional tower reuses its weights at every position of every stage, so its term is
+                    3x its forward FLOPs, counted by torch's FlopCounterMode on the meta device.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mm1.model.configuration import MM1Config
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.moe import SparseMoE
 from mm1.model.presets import PRESETS, mm1_config
+from mm1.model.vision import VisionTower, feature_geometry
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -34,6 +38,13 @@ def _count(module: torch.nn.Module) -> int:
 def _meta_model(config: MM1Config) -> MM1ForConditionalGeneration:
     with torch.device("meta"):
         return MM1ForConditionalGeneration(config)
+
+
+def _forward_flops(tower: VisionTower, image_size: int) -> int:
+    """FLOPs of one image's forward pass through a (meta-device) tower."""
+    with FlopCounterMode(display=False) as counter:
+        tower(torch.empty(1, 3, image_size, image_size, device="meta"))
+    return counter.get_total_flops()
 
 
 def model_info(preset: str | MM1Config, seq_len: int = 4096) -> dict[str, Any]:
@@ -57,9 +68,13 @@ def model_info(preset: str | MM1Config, seq_len: int = 4096) -> dict[str, Any]:
     attention = 12 * text.num_hidden_layers * text.num_attention_heads * head_dim * seq_len
     flops_per_token = 6 * (llm_active + text.hidden_size * text.vocab_size) + attention
     patches = config.num_patches
-    per_sub_image = patches * 6 * (vision_params + connector_params) + (
-        12 * vision.num_hidden_layers * vision.hidden_size * patches**2
-    )
+    if feature_geometry(vision).native_size is None:  # convolutional
+        encoder = 3 * _forward_flops(model.vision_tower, config.image_size)
+    else:
+        encoder = (
+            patches * 6 * vision_params + 12 * vision.num_hidden_layers * vision.hidden_size * patches**2
+        )
+    per_sub_image = encoder + patches * 6 * connector_params
     return {
         "preset": preset if isinstance(preset, str) else "custom",
         "total_params": total,

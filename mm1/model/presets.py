@@ -57,17 +57,10 @@ def _paper_scale(llm: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": 128,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "patch_size": 8,
-            "image_size": 64,
-        },
+def _tiny(vision: dict[str, Any]) -> dict[str, Any]:
+    """The laptop-sized MM1 around a given encoder: an 8x8 grid of 128-wide features at 64 px."""
+    return {
+        "vision_config": vision,
         "text_config": {
             **_llama(hidden=256, layers=4, heads=4, ffn=704, vocab=512),
             "max_position_embeddings": 2048,
@@ -76,7 +69,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_image_tokens": 16,
         "connector_depth": 1,
         "image_size": 64,
-    },
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": _tiny(
+        {
+            "model_type": "clip_vision_model",
+            "hidden_size": 128,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "patch_size": 8,
+            "image_size": 64,
+        }
+    ),
+    # tiny with a small ResNet for the encoder. From scratch, a ViT learns colours and counts quickly but
+    # object shape slowly; convolutions (a stride-2 stem, max-pool, batch norm) learn shape within a few
+    # hundred steps (see workflows/quickstart.yaml).
+    "tiny-cnn": _tiny(
+        {
+            "model_type": "resnet",
+            "embedding_size": 32,
+            "hidden_sizes": [64, 128],
+            "depths": [1, 1],
+            "layer_type": "basic",
+            "downsample_in_first_stage": False,
+        }
+    ),
     "mm1-3b": _paper_scale(_llama(hidden=2560, layers=28, heads=32, ffn=6912)),
     "mm1-7b": _paper_scale(_llama(hidden=4096, layers=30, heads=32, ffn=11008)),
     "mm1-30b": _paper_scale(_llama(hidden=6656, layers=54, heads=52, ffn=17920)),
@@ -146,7 +166,8 @@ def mm1_config(
     kwargs = copy.deepcopy(PRESETS[preset])
     if vision is not None:
         kwargs["vision_config"] = vision_config_from_pretrained(vision).to_dict()
-        kwargs["image_size"] = kwargs["vision_config"]["image_size"]
+        # Its native resolution; a convolutional config may not record one (then the preset's size stays).
+        kwargs["image_size"] = kwargs["vision_config"].get("image_size", kwargs["image_size"])
     if llm is not None:
         kwargs["text_config"] = AutoConfig.from_pretrained(llm).to_dict()
     text = kwargs["text_config"]

@@ -1,8 +1,18 @@
-"""The image encoder: any Hugging Face vision tower, returning patch features (CLS and other prefix tokens dropped)."""
+"""The image encoder: any Hugging Face vision tower, returning a grid of features as a sequence.
+
+Two kinds of tower:
+  transformers (CLIP, SigLIP, any ViT-like config with `patch_size`): one feature per patch, CLS and other
+      prefix tokens dropped; position embeddings interpolated when run off their native resolution;
+  convolutional (ResNet, ConvNeXt): the last stage's feature map [N, C, h, w], flattened row-major. Any input
+      size that is a multiple of the tower's total stride works.
+`feature_geometry(vision_config)` says, from the config alone, how many pixels one feature covers and how
+wide it is, so configs are checked and FLOPs counted without building the tower.
+"""
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,7 +25,34 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 UNUSED_MODULES: dict[str, tuple[str, ...]] = {
     "clip_vision_model": ("post_layernorm",),
     "siglip_vision_model": ("head",),
+    "convnext": ("layernorm",),  # normalizes the pooled output only
+    "convnextv2": ("layernorm",),
 }
+
+
+@dataclass(frozen=True)
+class FeatureGeometry:
+    stride: int  # input pixels per side of one feature-grid cell
+    channels: int  # width of one feature
+    native_size: int | None  # resolution the position embeddings were built for; None: convolutional
+
+
+def feature_geometry(vision_config: PretrainedConfig) -> FeatureGeometry:
+    kind = vision_config.model_type
+    if kind == "resnet":
+        # The stem (stride-2 conv + stride-2 max-pool) divides by 4, every stage after the first by 2.
+        first = 2 if vision_config.downsample_in_first_stage else 1
+        stride = 4 * first * 2 ** (len(vision_config.hidden_sizes) - 1)
+        return FeatureGeometry(stride, vision_config.hidden_sizes[-1], None)
+    if kind in ("convnext", "convnextv2"):
+        stride = vision_config.patch_size * 2 ** (vision_config.num_stages - 1)
+        return FeatureGeometry(stride, vision_config.hidden_sizes[-1], None)
+    if hasattr(vision_config, "patch_size") and hasattr(vision_config, "hidden_size"):
+        return FeatureGeometry(vision_config.patch_size, vision_config.hidden_size, vision_config.image_size)
+    raise ValueError(
+        f"vision tower {kind!r} is neither a patch transformer (no patch_size/hidden_size in its config) nor "
+        "one of the convolutional towers resnet, convnext, convnextv2"
+    )
 
 
 def vision_config_from_pretrained(name_or_path: str) -> PretrainedConfig:
@@ -31,8 +68,9 @@ class VisionTower(nn.Module):
         super().__init__()
         self.model = AutoModel.from_config(vision_config)
         self.image_size = image_size
-        self.native_size = vision_config.image_size
-        self.num_patches = (image_size // vision_config.patch_size) ** 2
+        geometry = feature_geometry(vision_config)
+        self.native_size = geometry.native_size or image_size
+        self.num_patches = (image_size // geometry.stride) ** 2
         accepts = inspect.signature(self.model.forward).parameters
         if image_size != self.native_size and "interpolate_pos_encoding" not in accepts:
             raise ValueError(
@@ -57,7 +95,7 @@ class VisionTower(nn.Module):
             )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, S, S] -> [N, num_patches, vision_hidden] with S == image_size."""
+        """[N, 3, S, S] -> [N, num_patches, channels] with S == image_size."""
         height, width = pixel_values.shape[-2:]
         if height != self.image_size or width != self.image_size:
             raise ValueError(
@@ -66,5 +104,7 @@ class VisionTower(nn.Module):
         kwargs = {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
         dtype = next(self.model.parameters()).dtype
         hidden = self.model(pixel_values=pixel_values.to(dtype), **kwargs).last_hidden_state
+        if hidden.dim() == 4:  # a convolutional tower's feature map [N, C, h, w]
+            return hidden.flatten(2).transpose(1, 2)
         # Patch tokens are the last num_patches positions (CLIP prepends one CLS token, SigLIP none).
         return hidden[:, -self.num_patches :]

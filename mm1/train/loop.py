@@ -75,7 +75,7 @@ def non_embedding_params(model: torch.nn.Module) -> int:
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
-    from mm1.model import apply_freeze
+    from mm1.model import apply_freeze, train_mode
 
     stage = cfg["stage_cfg"]
     context = ray.train.get_context()
@@ -94,6 +94,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         model, processor = _build_model(cfg, checkpoint_dir)
         apply_freeze(model, stage["freeze"])
+        unwrapped = model  # DDP wraps it; FSDP2 shards it in place: its parts stay reachable here
         lr, weight_decay, lr_why = choose_lr(stage["lr"], stage["weight_decay"], non_embedding_params(model))
         flops = flops_model(model.config, cfg["seq_len"])
         crops = model.config.sub_images_per_image
@@ -131,9 +132,18 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
 
     skip = position.skip_microbatches(world, micro_batch)
-    stream = micro_batches(ray.train.get_dataset_shard("train"), micro_batch, world, skip, position)
+    stream = micro_batches(
+        ray.train.get_dataset_shard("train"),
+        micro_batch,
+        world,
+        skip,
+        position,
+        shuffle_buffer=stage["shuffle_buffer"],
+        seed=stage["seed"],
+    )
     resumed_from = step or None
     model.train()
+    train_mode(unwrapped, stage["freeze"])
     t_prev = time.perf_counter()
     while step < stage["steps"]:
         t_wait = time.perf_counter()

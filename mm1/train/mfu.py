@@ -2,8 +2,9 @@
 
 FLOPs follow mm1.model.info (one definition for the whole platform): training FLOPs per LLM position
 (6 x active non-embedding LLM params + the output projection + PaLM's attention term at `seq_len`) and per
-encoded (sub-)image (6 x encoder + connector params per patch + the encoder's attention). Only real tokens
-count: padding is work the hardware does but the model does not need, so it lowers MFU, as it should.
+encoded (sub-)image (6 x encoder + connector params per patch + the encoder's attention; a CNN encoder is
+counted layer by layer). Only real tokens count: padding is work the hardware does but the model does not
+need, so it lowers MFU, as it should.
 The peak of a CPU is measured by a matmul probe in the worker's own threads; a GPU's is declared from its data
 sheet (dense, no sparsity) for the precision the stage trains in; an unknown GPU has no peak (MFU None).
 """

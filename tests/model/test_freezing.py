@@ -46,3 +46,23 @@ def test_unknown_part_lists_the_valid_ones(model):
         match=r"unknown parts to freeze \['vit'\]; valid parts are \['vision', 'connector', 'llm'\]",
     ):
         apply_freeze(model, ["vit"])
+
+
+def test_a_frozen_batch_norm_tower_keeps_its_running_statistics(tokenizer):
+    """train_mode leaves frozen parts in eval mode: a frozen CNN tower's batch norm neither normalizes with
+    the batch's statistics nor updates its running ones; an unfrozen one does both."""
+    from mm1.model import build_mm1, train_mode
+
+    model = build_mm1("tiny-cnn", tokenizer)
+    norm = model.vision_tower.model.embedder.embedder.normalization
+    pixels = torch.rand(4, 3, 64, 64) * 3
+    apply_freeze(model, ["vision"])
+    train_mode(model, ["vision"])
+    assert model.training and model.connector.training and not model.vision_tower.training
+    before = norm.running_mean.clone()
+    model.vision_tower(pixels)
+    assert torch.equal(norm.running_mean, before)
+    apply_freeze(model, [])
+    train_mode(model, [])
+    model.vision_tower(pixels)
+    assert not torch.equal(norm.running_mean, before)

@@ -1,4 +1,5 @@
-"""The data position a resumed run skips to, and the micro-batch stream that skips it (no Ray)."""
+"""The data position a resumed run skips to, and the micro-batch stream that skips it (a stand-in iterator,
+and a real Ray one for the shuffled stream)."""
 
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ class FakeShard:
     def __init__(self, rows: int):
         self.rows, self.passes = rows, 0
 
-    def iter_batches(self, *, batch_size, drop_last, prefetch_batches, batch_format):
-        assert drop_last and batch_format == "numpy"
+    def iter_batches(self, *, batch_size, drop_last, batch_format, local_shuffle_buffer_size, **_):
+        assert drop_last and batch_format == "numpy" and local_shuffle_buffer_size is None
         self.passes += 1
         start = 1000 * self.passes
         for i in range(0, self.rows - batch_size + 1, batch_size):
@@ -83,3 +84,35 @@ def test_stream_fails_loudly_without_a_single_micro_batch():
     stream = micro_batches(FakeShard(rows=3), micro_batch=4, workers=1, skip=0, position=DataPosition())
     with pytest.raises(RuntimeError, match="no micro-batch of 4 sequences"):
         next(stream)
+
+
+def test_current_pass_follows_the_known_pass_length():
+    position = DataPosition(consumed=100)
+    assert position.current_pass(workers=2, micro_batch=2) == 0  # length unknown: counted from the start
+    position.end_of_pass(microbatches_per_worker=10, workers=2, micro_batch=2)  # 40 a pass
+    assert position.current_pass(workers=2, micro_batch=2) == 2
+    assert position.current_pass(workers=1, micro_batch=2) == 0
+
+
+def test_shuffled_passes_differ_and_a_resumed_stream_replays_the_same_order(ray_session):
+    """A real Ray iterator: each pass is a new permutation of the rows (seed + pass), and a stream resumed
+    mid-way through the second pass yields what the original stream yielded there."""
+    import ray
+
+    def ids(stream, n):
+        return [row_ids(next(stream)) for _ in range(n)]
+
+    dataset = ray.data.from_items(
+        [{k: v[0] for k, v in packed_rows([i]).items()} for i in range(24)], override_num_blocks=3
+    ).materialize()
+    position = DataPosition()
+    stream = micro_batches(dataset.iterator(), 4, 1, 0, position, shuffle_buffer=12, seed=7)
+    first, second = ids(stream, 6), ids(stream, 6)
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(24))
+    assert first != second
+    assert first != [list(range(i, i + 4)) for i in range(0, 24, 4)]  # not the stored order
+
+    resumed_at = DataPosition(consumed=position.pass_sequences + 8, pass_sequences=24, pass_layout=(1, 4))
+    skip = resumed_at.skip_microbatches(1, 4)
+    resumed = micro_batches(dataset.iterator(), 4, 1, skip, resumed_at, shuffle_buffer=12, seed=7)
+    assert skip == 2 and ids(resumed, 4) == second[2:]
