@@ -1,14 +1,14 @@
 """Training throughput: the Ray Train loop vs a plain PyTorch loop doing the same work, and what Ray costs.
 
-Same model (the quick start's `tiny` MM1, random init, seed 0), same packed rows (one generated Shapes
-ingest, packed by mm1.data.loader and materialized once), same global batch, same optimizer step
-(mm1.train.step.train_step), same torch thread count. The plain loop runs in a bare Ray actor (no Ray Train,
-no Ray Data iteration, no reporting) on batches collated in memory beforehand, so it is the upper bound and
-runs under the same OS scheduling as a Ray Train worker (see `plain_loop`). Runs are interleaved in rounds
-(plain, Ray 1 worker, Ray 2 workers; a last plain), so every Ray run is bracketed by two plain runs. The
-headline ratio is paired: each Ray run against the mean of the plain runs just before and after it (which
-cancels load that drifts over the benchmark), the median over rounds; the ratio of each kind's best run is
-printed beside it.
+Same model (the `tiny` MM1, random init, seed 0), same packed rows (one generated Shapes ingest, packed by
+mm1.data.loader and materialized once, read in stored order: the Ray loop's shuffle buffer is off), same
+global batch, same optimizer step (mm1.train.step.train_step), same torch thread count. The plain loop runs
+in a bare Ray actor (no Ray Train, no Ray Data iteration, no reporting) on batches collated in memory
+beforehand, so it is the upper bound and runs under the same OS scheduling as a Ray Train worker (see
+`plain_loop`). Runs are interleaved in rounds (plain, Ray 1 worker, Ray 2 workers; a last plain), so every
+Ray run is bracketed by two plain runs. The headline ratio is paired: each Ray run against the mean of the
+plain runs just before and after it (which cancels load that drifts over the benchmark), the median over
+rounds; the ratio of each kind's best run is printed beside it.
 Throughput is steady state: steps warmup+1..N, from per-step wall-clock stamps taken after everything a step
 did (reporting included), over the whole window and from the median step (robust to load bursts).
 
@@ -174,6 +174,7 @@ def ray_fit(args, data_dir: Path, dataset, model_cfg, workers: int, workdir: Pat
         num_workers=workers,
         cpus_per_worker=args.threads / workers,
         max_failures=0,
+        shuffle_buffer=0,  # the rows in their stored order, as the plain loop reads them
     )
     name = f"ray-{workers}w-{time.time_ns()}"
     metrics = workdir / f"{name}.jsonl"

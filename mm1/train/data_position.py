@@ -67,8 +67,10 @@ def micro_batches(
 
     `shard` is a Ray DataIterator (`ray.train.get_dataset_shard`); rows are packed by mm1.data.loader and
     collated there. With `shuffle_buffer` rows, each pass is shuffled through a buffer of that many rows,
-    seeded by `seed` + the pass number, so a resumed run replays the same order it skips over. A pass that
-    yields nothing is an error (too little data for one micro-batch).
+    seeded by `seed` + the pass number, so passes differ. Ray fills the buffer as blocks arrive, so the order
+    repeats only as far as that timing does: a resumed run skips the right number of micro-batches, not
+    necessarily the same rows (as with several workers, above). A pass that yields nothing is an error (too
+    little data for one micro-batch).
     """
     from mm1.data.loader import collate_packed
 
