@@ -97,10 +97,12 @@ def test_killed_driver_resumes_pretraining_from_its_last_checkpoint(tmp_path):
     first = _run_cli(args, env, tmp_path / "first.log")
     deadline = time.monotonic() + 420
     try:
-        while not list(run_dir.glob("*/checkpoint_000010")):
+        # A checkpoint's folder appears before Ray Train has registered it (a kill right then resumes from the
+        # one before); once the folder of step 20 appears, the checkpoint of step 10 is surely registered.
+        while not list(run_dir.glob("*/checkpoint_000020")):
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint at step 10 in time"
-            time.sleep(1)
+            assert time.monotonic() < deadline, "no checkpoint at step 20 in time"
+            time.sleep(0.5)
         os.kill(first.pid, signal.SIGKILL)  # the driver only, as a user's `kill -9 PID`
         first.wait(30)
     finally:
