@@ -18,8 +18,13 @@ Baselines, in this process with the same torch thread count as a replica:
 At concurrency 1 the bare, engine and endpoint requests are interleaved round by round, so a shared machine's
 drifting background load hits all of them alike.
 
+The endpoint runs behind the ingress a local deploy gets (services.ingress: HAProxy where its binary is);
+`--ingress proxy` measures Serve's Python proxy instead. The choice is fixed when Ray starts, so comparing the
+two takes two runs.
+
     .venv/bin/python benchmarks/serve.py               # table + ratios
     .venv/bin/python benchmarks/serve.py --load        # + 64 clients for 60 s against the batched endpoint
+    .venv/bin/python benchmarks/serve.py --ingress proxy   # Serve's Python proxy instead of HAProxy
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import numpy as np
 import torch
 
 from mm1.config import DeployConfig
+from services.ingress import INGRESS_MODES, prepare_local_ray
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -391,6 +397,12 @@ def main() -> None:
         help="stream_interval_s: seconds between streamed chunks after the first (deploy default; 0 = every step)",
     )
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads, bare and per replica")
+    parser.add_argument(
+        "--ingress",
+        choices=INGRESS_MODES,
+        default="auto",
+        help="HTTP ingress: haproxy, Serve's Python proxy, or auto (haproxy when its binary is there)",
+    )
     parser.add_argument("--port", type=int, default=8777)
     parser.add_argument(
         "--load", action="store_true", help="also 64 clients for 60 s on the batched endpoint"
@@ -430,6 +442,8 @@ def main() -> None:
                 ).summary()
             )
 
+    ingress = prepare_local_ray(args.ingress)  # before Ray starts: every Ray process reads it at start-up
+    print(f"Serve ingress: {ingress}")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     single: dict[str, dict[str, list[RequestResult]]] = {}
@@ -515,6 +529,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {k: str(v) for k, v in vars(args).items()},
+        "ingress": ingress,
         "rows": rows,
         "ratios": ratios,
         "load": load_report,

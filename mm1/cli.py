@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mm1.config import ConfigError, Workflow, load
+from services.ingress import INGRESS_MODES
 
 EXIT_USAGE = 2
 
@@ -113,7 +114,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from services.deploy import serve_checkpoint
 
-    serve_checkpoint(args.checkpoint, host=args.host, port=args.port, name=args.name)
+    serve_checkpoint(args.checkpoint, host=args.host, port=args.port, name=args.name, ingress=args.ingress)
     return 0
 
 
@@ -183,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--name", default="mm1", help="model name in /v1/models")
+    serve.add_argument(
+        "--ingress",
+        choices=INGRESS_MODES,
+        default="auto",
+        help="HTTP ingress of a Ray this command starts: haproxy, Serve's Python proxy, or auto (haproxy "
+        "when its binary is there)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="ask the endpoint a question, optionally about images")
@@ -210,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean 'fix your input or environment', printed as one line without a traceback."""
     from mm1.workflow.jobs import JobFailed
+    from services.ingress import IngressError
 
-    errors: list[type[BaseException]] = [ConfigError, UserError, JobFailed]
+    errors: list[type[BaseException]] = [ConfigError, UserError, JobFailed, IngressError]
     try:
         from mm1.k8s.render import RenderError
         from mm1.k8s.submit import K8sError

@@ -274,6 +274,10 @@ class DeployConfig:
     # Streaming pace: a streamed answer sends a chunk at most every this many seconds (the first token and
     # the end at once), carrying every token decoded meanwhile; 0 = a chunk per decode step.
     stream_interval_s: float = 0.02
+    # The HTTP ingress in front of the replicas: haproxy (replicas serve HTTP, HAProxy forwards to them), proxy
+    # (Serve's Python proxy actor), or auto (haproxy where its binary is, as ray[serve] brings it on Linux).
+    # Set when Ray starts (services.ingress): a local Ray takes it from here, clusters from their pods' env.
+    ingress: str = choice("auto", "auto", "haproxy", "proxy")
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
     # On Kubernetes: the Secret (key `api-key`) the serving pods read the API key from (empty = no key).

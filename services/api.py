@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mm1 import metrics
 from mm1.model import MM1Processor
@@ -40,6 +41,41 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+class RequestCounter:
+    """Counts every chat completion by status, errors included, for Prometheus (mm1_serve_requests).
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the route in a
+    task of its own and relays every streamed chunk through a memory stream, a cost paid per request and
+    per chunk.
+    """
+
+    def __init__(self, app: ASGIApp, model: str):
+        self.app = app
+        self.model = model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+
+        counted = False
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start":
+                counted = True
+                metrics.request_served(self.model, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        except Exception:
+            # An unexpected error is answered (500) by the outermost middleware, beyond this one.
+            if not counted:
+                metrics.request_served(self.model, 500)
+            raise
+
+
 def _sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n"
@@ -52,14 +88,7 @@ def create_api(backend: ChatBackend) -> FastAPI:
     started = int(time.time())
     app = FastAPI(title="MM1 OpenAI-compatible API", docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def count_requests(request, call_next):
-        # Every chat completion, errors included, counted by status for Prometheus (mm1_serve_requests).
-        response = await call_next(request)
-        if request.url.path.endswith("/chat/completions"):
-            metrics.request_served(settings.model_name, response.status_code)
-        return response
-
+    app.add_middleware(RequestCounter, model=settings.model_name)
     install_error_handlers(app)
 
     async def authorize(request: Request) -> None:  # async: FastAPI runs sync dependencies in a thread

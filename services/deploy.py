@@ -21,6 +21,7 @@ import httpx
 
 from mm1.config import Workflow
 from services.client import chat
+from services.ingress import prepare_local_ray, running_ingress
 from services.settings import ServeSettings
 
 Log = Callable[[str], None]
@@ -65,15 +66,27 @@ def _running_http_port() -> int | None:
         return None
 
 
-def start_app(settings: ServeSettings, name: str, host: str, port: int, route_prefix: str = "/") -> str:
-    """Start Ray (if needed), Serve on host:port and the application `name`; return its base URL once healthy."""
+def start_app(
+    settings: ServeSettings,
+    name: str,
+    host: str,
+    port: int,
+    route_prefix: str = "/",
+    ingress: str = "auto",
+) -> str:
+    """Start Ray (if needed; with `ingress` in front of Serve), Serve on host:port and the application
+    `name`; return its base URL once healthy."""
     import ray
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            prepare_local_ray(ingress)
+        ray.init(address=address, namespace="mm1")
     from ray import serve
 
     from services.openai_app import build_app
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, namespace="mm1")
     serve.start(http_options={"host": host, "port": port})
     running = _running_http_port()
     if running is not None and running != port:
@@ -126,8 +139,8 @@ def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -
         return {"url": "", "model": model, "sample": None}
     settings = ServeSettings.from_deploy(deploy, str(winner["checkpoint"]), model)
     log(f"[deploy] serving {winner['checkpoint']} as {model!r} on {deploy.host}:{deploy.port}")
-    url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix)
-    log(f"[deploy] healthy: {url}/v1")
+    url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix, deploy.ingress)
+    log(f"[deploy] healthy: {url}/v1 (ingress: {running_ingress()})")
     api_key = os.environ.get(deploy.api_key_env) if deploy.api_key_env else None
     endpoint: dict[str, Any] = {
         "url": f"{url}/v1",
@@ -144,13 +157,17 @@ def serve_checkpoint(
     port: int = 8000,
     name: str = "mm1",
     stop: threading.Event | None = None,
+    ingress: str = "auto",
 ) -> None:
     """`mm1 serve`: serve until Ctrl-C, SIGTERM or `stop` is set, then take the application down."""
+    settings = ServeSettings(checkpoint=str(checkpoint), model_name=name)
+    url = start_app(settings, name, host, port, ingress=ingress)
     from ray import serve
 
-    url = start_app(ServeSettings(checkpoint=str(checkpoint), model_name=name), name, host, port)
     print(
-        f"serving {checkpoint} as {name!r} at {url}/v1 (OpenAI-compatible); press Ctrl-C to stop", flush=True
+        f"serving {checkpoint} as {name!r} at {url}/v1 (OpenAI-compatible, ingress: {running_ingress()}); "
+        "press Ctrl-C to stop",
+        flush=True,
     )
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -63,6 +63,15 @@ class ChatServer:
         if not self.decoder.alive():
             raise RuntimeError("the decoding thread has stopped")
 
+    def decoding_stats(self) -> dict[str, int]:
+        """Decode steps so far, rows decoded over them, requests decoding now (through a handle:
+        `serve.get_app_handle(app).decoding_stats.remote()`)."""
+        return {
+            "steps": self.decoder.steps,
+            "rows_decoded": self.decoder.rows_decoded,
+            "live": self.decoder.live,
+        }
+
     async def generate(self, prompt: Prompt) -> AsyncIterator[StepOutput]:
         stream = await self._admit(prompt)
         try:

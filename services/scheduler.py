@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 
@@ -23,49 +24,63 @@ logger = logging.getLogger("ray.serve")
 class RequestStream:
     """The event-loop side of one request: an async iterator over its StepOutputs.
 
-    `interval_s` paces a stream: after a chunk has gone out, the next one leaves when `interval_s` has
-    passed (or the answer ends), carrying every step decoded meanwhile. The first chunk (it times TTFT) and
-    the last are never held back. Each chunk is a message from the replica through the HTTP proxy to the
-    client, which costs far more than decoding one token of a small model; 0 sends every visible step.
+    `interval_s` paces a stream: after a chunk has gone out, the next leaves at the first step that comes
+    `interval_s` later (or at the end of the answer), carrying every step decoded meanwhile. The first chunk
+    (it times TTFT) and the last are never held back; 0 sends every visible step. Each chunk is a message
+    from the replica through the HTTP proxy to the client, which costs far more than decoding one token of a
+    small model.
+
+    The decoding thread does the pacing: it buffers outputs and wakes the event loop only when a chunk is
+    due. A wake-up per token would make the loop's thread compete with decoding for the GIL at every step.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval_s: float = 0.0):
         self._loop = loop
-        self._queue: asyncio.Queue = asyncio.Queue()
         self._interval = interval_s
+        self._lock = threading.Lock()
+        self._items: list[StepOutput | BaseException] = []  # delivered, not yet taken by the loop
+        self._ready = asyncio.Event()
+        self._wake_pending = False  # a wake-up is on its way to the loop
+        self._woke_at: float | None = None  # when the last chunk was released (time.monotonic)
         self.cancelled = False  # read by the decoding thread
 
     # Called from the decoding thread.
     def deliver(self, item: StepOutput | BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        with self._lock:
+            self._items.append(item)
+            now = time.monotonic()
+            due = (
+                self._woke_at is None
+                or self._interval <= 0
+                or _final(item)
+                or now - self._woke_at >= self._interval
+            )
+            if not due or self._wake_pending:
+                return
+            self._wake_pending, self._woke_at = True, now
+        self._loop.call_soon_threadsafe(self._ready.set)
+
+    def flush(self) -> None:
+        """Release what is buffered now (the decoding thread calls it before a long prefill)."""
+        with self._lock:
+            if not self._items or self._wake_pending:
+                return
+            self._wake_pending, self._woke_at = True, time.monotonic()
+        self._loop.call_soon_threadsafe(self._ready.set)
 
     def cancel(self) -> None:
         self.cancelled = True
 
-    def _drain(self, items: list) -> None:
-        while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-
-    async def _gather(self, items: list, deadline: float) -> None:
-        """Add what arrives before `deadline`, stopping early at the end of the answer or a failure."""
-        while not _final(items[-1]):
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return
-            try:
-                items.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:  # (an alias of TimeoutError from 3.11 on)
-                return
-            self._drain(items)
-
     async def __aiter__(self) -> AsyncIterator[StepOutput]:
-        """Outputs that arrived together (or within one interval) are merged into one."""
-        sent_at: float | None = None
+        """Outputs released together are merged into one."""
         while True:
-            items = [await self._queue.get()]
-            self._drain(items)
-            if self._interval > 0 and sent_at is not None:
-                await self._gather(items, sent_at + self._interval)
+            await self._ready.wait()
+            with self._lock:
+                items, self._items = self._items, []
+                self._ready.clear()
+                self._wake_pending = False
+            if not items:
+                continue
             failure = next((i for i in items if isinstance(i, BaseException)), None)
             if failure is not None:
                 raise failure
@@ -73,7 +88,6 @@ class RequestStream:
                 "".join(i.text for i in items), items[-1].completion_tokens, items[-1].finish_reason
             )
             yield merged
-            sent_at = self._loop.time()
             if merged.finish_reason is not None:
                 return
 
@@ -97,10 +111,12 @@ class DecodeLoop:
         self._thread.start()
         self.steps = 0  # decode steps run; with `rows_decoded`, the mean batch size (metrics, tests)
         self.rows_decoded = 0
+        self.live = 0  # requests admitted and not finished (queued or decoding)
 
     def submit(self, prompts: Sequence[Prompt], streams: Sequence[RequestStream]) -> None:
         with self._wake:
             self._pending.extend(zip(prompts, streams, strict=True))
+            self.live += len(prompts)
             self._wake.notify()
 
     def alive(self) -> bool:
@@ -127,6 +143,9 @@ class DecodeLoop:
             taken = self._take(batch)
             try:
                 if taken:
+                    if batch is not None:  # a prefill takes many steps' time: send what is buffered first
+                        for row in batch.rows:
+                            row.tag.flush()
                     group, outputs = self.engine.prefill([p for p, _ in taken], [s for _, s in taken])
                     self._deliver(group, outputs)
                     batch = group if batch is None else batch.merge(group)
@@ -143,6 +162,7 @@ class DecodeLoop:
                     batch.drop_finished()
                 if batch is not None and not batch.live:
                     batch = None
+                self._count_live(batch)
             except Exception as exc:  # every live request learns of it; the loop carries on, empty
                 logger.exception("decoding failed")
                 streams = [row.tag for row in batch.rows] if batch is not None else []
@@ -150,6 +170,11 @@ class DecodeLoop:
                 for stream in streams:
                     stream.deliver(exc)
                 batch = None
+                self._count_live(batch)
+
+    def _count_live(self, batch: Batch | None) -> None:
+        with self._wake:  # with submit's increment: a request is counted from the moment it is admitted
+            self.live = (batch.live if batch is not None else 0) + len(self._pending)
 
     @staticmethod
     def _deliver(batch: Batch, outputs: list[StepOutput | None]) -> None:

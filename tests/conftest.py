@@ -16,7 +16,10 @@ def ray_session():
     """A local Ray with more logical CPUs than cores, so Ray Data tasks can run beside training workers."""
     import ray
 
+    from services.ingress import prepare_local_ray
+
     if not ray.is_initialized():
+        prepare_local_ray("auto")  # Serve's ingress as users get it on this machine (HAProxy on Linux)
         ray.init(num_cpus=4, include_dashboard=False, namespace="mm1-tests", log_to_driver=True)
     yield ray
     ray.shutdown()

@@ -13,6 +13,7 @@ from typing import Any
 
 from mm1.config import NodeGroup, Toleration, Workflow
 from mm1.workflow.rundir import is_remote
+from services.ingress import cluster_env
 
 # rayproject/ray images run as `ray`: uid 1000, primary group `users` (gid 100).
 RAY_UID = 1000
@@ -174,15 +175,26 @@ def _env_from(ctx: PodContext) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": ctx.storage.secret}}] if ctx.storage.secret else []
 
 
+def ingress_env(ctx: PodContext) -> list[dict[str, Any]]:
+    """Serve's HTTP ingress (services.ingress): every Ray process of the cluster reads it when it starts."""
+    return [{"name": k, "value": v} for k, v in cluster_env(ctx.wf.deploy.ingress).items()]
+
+
 def container(
-    ctx: PodContext, name: str, res: dict[str, Any], ports: list[dict[str, Any]], mounts: bool = True
+    ctx: PodContext,
+    name: str,
+    res: dict[str, Any],
+    ports: list[dict[str, Any]],
+    mounts: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    own_env = [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
     spec: dict[str, Any] = {
         "name": name,
         "image": ctx.wf.cluster.image,
         "imagePullPolicy": "IfNotPresent",
         "resources": res,
-        "env": auth_env(ctx.wf.cluster.ray_token_secret) + list(ctx.extra_env),
+        "env": auth_env(ctx.wf.cluster.ray_token_secret) + ingress_env(ctx) + list(ctx.extra_env) + own_env,
         "securityContext": container_security(),
     }
     env_from = _env_from(ctx)
@@ -242,7 +254,13 @@ def head_group(ctx: PodContext, serve_port: int | None = None) -> dict[str, Any]
     if head.num_cpus_for_tasks is not None:
         # Logical CPUs Ray may schedule on the head (0 keeps training off it); the pod's own CPUs stay as set.
         start["num-cpus"] = str(head.num_cpus_for_tasks).removesuffix(".0")
-    box = container(ctx, HEAD_CONTAINER, resources(head.cpus, head.memory, 0, "cluster.head"), ports)
+    box = container(
+        ctx,
+        HEAD_CONTAINER,
+        resources(head.cpus, head.memory, 0, "cluster.head"),
+        ports,
+        env=ctx.wf.cluster.head_env,
+    )
     return {
         "rayStartParams": start,
         "template": pod_template(

@@ -25,6 +25,11 @@ def start_ray(wf: Workflow, log: Log = print) -> None:
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(address="auto", namespace="mm1", log_to_driver=True)
     else:
+        from services.ingress import prepare_local_ray
+
+        # Serve's ingress is fixed when Ray starts, long before the deploy step: choose it now.
+        ingress = prepare_local_ray(wf.deploy.ingress)
+        log(f"Serve ingress: {ingress}")
         # Logical CPUs above the physical count let Ray Data's tasks run beside training workers that hold a
         # CPU each; without them, a 2-core laptop would deadlock data against training.
         cpus = wf.cluster.num_cpus or (os.cpu_count() or 2) + 2

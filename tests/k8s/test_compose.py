@@ -79,6 +79,13 @@ def test_token_comes_from_the_environment_and_is_required(compose):
     assert not re.search(r"\b[0-9a-f]{32,}\b", text)
 
 
+def test_every_ray_node_starts_serve_behind_haproxy_unless_told_otherwise(compose):
+    for env_file, flag in (({}, "1"), ({"RAY_SERVE_ENABLE_HA_PROXY": "0"}, "0")):
+        resolved = interpolate(compose, {"RAY_AUTH_TOKEN": "t", **env_file})
+        for name in RAY_SERVICES:
+            assert resolved["services"][name]["environment"]["RAY_SERVE_ENABLE_HA_PROXY"] == flag
+
+
 def test_head_starts_ray_with_dashboard_serve_client_and_metrics(compose):
     head = compose["services"]["ray-head"]
     command = head["command"].split()

@@ -208,6 +208,26 @@ def test_ray_token_comes_from_the_secret_in_every_container(gpu_workflow):
             }
 
 
+def test_every_ray_container_starts_with_the_deploy_ingress():
+    for ingress, flag in (("auto", "1"), ("haproxy", "1"), ("proxy", "0")):
+        wf, text = make_workflow(overrides=(f"deploy.ingress={ingress}",))
+        for obj in render_all(wf, text, "s3://bucket/x")[1:]:
+            for template in pods(obj):
+                env = env_of(template["spec"]["containers"][0])
+                assert env["RAY_SERVE_ENABLE_HA_PROXY"] == {
+                    "name": "RAY_SERVE_ENABLE_HA_PROXY",
+                    "value": flag,
+                }
+
+
+def test_head_env_is_set_on_the_head_only():
+    wf, text = make_workflow(overrides=("cluster.head_env={RAY_GRAFANA_HOST: 'http://grafana:3000'}",))
+    for obj in render_all(wf, text, "s3://bucket/x")[1:]:
+        head, *others = pods(obj)
+        assert env_of(head["spec"]["containers"][0])["RAY_GRAFANA_HOST"]["value"] == "http://grafana:3000"
+        assert all("RAY_GRAFANA_HOST" not in env_of(t["spec"]["containers"][0]) for t in others)
+
+
 # Anything that looks like a credential: long hex/base64 runs, or a key=value pair with a secret-ish name.
 TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
 

@@ -7,10 +7,14 @@ server, which must still answer afterwards.
 
 from __future__ import annotations
 
+import glob
 import http.server
 import json
+import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -19,6 +23,7 @@ from conftest import SERVE_HOST, data_url, image_bytes
 
 from mm1.data.preprocess import load_image
 from mm1.model import generate_answers, load_for_inference
+from services.ingress import haproxy_binary, running_ingress
 
 APP = "mm1-openai-test"
 MODEL = "tiny-mm1"
@@ -142,6 +147,34 @@ def test_health_needs_no_key(server):
     assert response.json() == {"status": "ok", "model": MODEL}
 
 
+def _listeners(port: int) -> set[str]:
+    """Command names of the processes listening on TCP `port` here (from /proc: Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    names = set()
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        try:
+            if any(os.readlink(os.path.join(fd_dir, fd)) in inodes for fd in os.listdir(fd_dir)):
+                names.add(Path(fd_dir).parent.joinpath("comm").read_text().strip())
+        except OSError:  # a process that ended, or one we may not look into
+            continue
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_requests_reach_the_replicas_through_haproxy_where_it_is_installed(server, serve_port):
+    if haproxy_binary() is None:
+        pytest.skip("no HAProxy binary here: Serve's Python proxy is the ingress")
+    assert running_ingress() == "haproxy"
+    assert _listeners(serve_port) == {"haproxy"}  # not Serve's Python proxy actor
+    assert httpx.get(f"{server}/health", timeout=10).status_code == 200
+
+
 def test_models(client):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL
@@ -195,7 +228,14 @@ def test_streamed_answer_with_usage(client, reference):
 
 
 def test_stream_ends_with_done_on_the_wire(server):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}
+    # ignore_eos: a sampled end-of-text token within the 3 would finish it with "stop" (it did, once).
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream(
         "POST",
         f"{server}/v1/chat/completions",
@@ -208,6 +248,31 @@ def test_stream_ends_with_done_on_the_wire(server):
     assert all(line.startswith("data: ") for line in events)
     assert events[-1] == "data: [DONE]"
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_decoding(server):
+    from ray import serve
+
+    stats = serve.get_app_handle(APP).decoding_stats
+    before = stats.remote().result()
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 1500,  # seconds of decoding on this machine
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
+    deadline = time.monotonic() + 20
+    while (now := stats.remote().result())["live"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now["live"] == 0
+    assert now["steps"] - before["steps"] < 750  # dropped long before its 1500 tokens
+    time.sleep(0.5)
+    assert stats.remote().result()["steps"] == now["steps"]  # and nothing decodes on
 
 
 def test_two_images_in_one_message(client, reference):

@@ -167,3 +167,34 @@ def test_an_unpaced_stream_sends_steps_as_they_come():
     chunks, _, _ = _paced_chunks(interval_s=0.0, steps=20, gap_s=0.01)
     assert "".join(c.text for c in chunks) == "".join(f"t{i} " for i in range(1, 21))
     assert len(chunks) >= 10  # steps 10 ms apart are not merged without pacing
+
+
+def test_flush_releases_what_a_paced_stream_holds_back():
+    """The decoding loop flushes before a prefill (which takes many steps' time): held-back text goes out."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stream = RequestStream(loop, interval_s=60.0)
+        chunks = []
+
+        async def consume():
+            async for out in stream:
+                chunks.append(out)
+
+        consumer = asyncio.create_task(consume())
+        stream.deliver(StepOutput("a", 1))  # the first token: released at once
+        await asyncio.sleep(0.1)
+        stream.deliver(StepOutput("b", 2))  # held back for the interval
+        await asyncio.sleep(0.2)
+        held = [c.text for c in chunks]
+        stream.flush()
+        await asyncio.sleep(0.2)
+        flushed = [c.text for c in chunks]
+        stream.deliver(StepOutput("", 3, "length"))  # the end is never held back
+        await asyncio.wait_for(consumer, 5)
+        return held, flushed, chunks[-1]
+
+    held, flushed, last = asyncio.run(main())
+    assert held == ["a"]
+    assert flushed == ["a", "b"]
+    assert (last.completion_tokens, last.finish_reason) == (3, "length")

