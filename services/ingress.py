@@ -45,7 +45,8 @@ def haproxy_binary() -> str | None:
 
 
 def resolve(mode: str) -> str:
-    """ "haproxy" or "proxy" for a configured mode; "haproxy" without a binary is an error."""
+    """The ingress a configured mode gets here: "haproxy" or "proxy" (asking for haproxy without its binary
+    is an error)."""
     if mode not in INGRESS_MODES:
         raise IngressError(f"deploy.ingress must be one of {list(INGRESS_MODES)}, got {mode!r}")
     if mode == "proxy":

@@ -26,9 +26,8 @@ class RequestStream:
 
     `interval_s` paces a stream: after a chunk has gone out, the next leaves at the first step that comes
     `interval_s` later (or at the end of the answer), carrying every step decoded meanwhile. The first chunk
-    (it times TTFT) and the last are never held back; 0 sends every visible step. Each chunk is a message
-    from the replica through the HTTP proxy to the client, which costs far more than decoding one token of a
-    small model.
+    (it times TTFT) and the last are never held back; 0 sends every visible step. Each chunk is a write from
+    the replica through the ingress to the client, which costs more than decoding one token of a small model.
 
     The decoding thread does the pacing: it buffers outputs and wakes the event loop only when a chunk is
     due. A wake-up per token would make the loop's thread compete with decoding for the GIL at every step.

@@ -29,7 +29,7 @@ class ServeSettings:
     # loop is decoding queue up and join together at the next step anyway; a wait only delays a lone request.
     batch_wait_timeout_s: float = 0.0
     # Streaming pace: after a chunk, the next leaves once this long has passed, with every token decoded
-    # meanwhile (the first token and the end are never held). Each chunk crosses replica -> proxy -> client,
+    # meanwhile (the first token and the end are never held). Each chunk crosses replica -> ingress -> client,
     # which costs more than a small model's decode step; 0 = a chunk per step with visible text.
     stream_interval_s: float = 0.02
     # Requests a replica accepts at once (0 = 2 x max_batch_size: one batch decoding, the next one filling).
