@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # Keep Ray quiet and light on a 2-core machine; tests never need the usage-stats prompt.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# What the platform caches between runs (the best CPU peak probe) stays out of the user's home; set before
+# any Ray starts, so training workers see it too.
+os.environ.setdefault("MM1_CACHE_DIR", tempfile.mkdtemp(prefix="mm1-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -5,14 +5,19 @@ FLOPs follow mm1.model.info (one definition for the whole platform): training FL
 encoded (sub-)image (6 x encoder + connector params per patch + the encoder's attention; a CNN encoder is
 counted layer by layer). Only real tokens count: padding is work the hardware does but the model does not
 need, so it lowers MFU, as it should.
-The peak of a CPU is measured by a matmul probe in the worker's own threads; a GPU's is declared from its data
-sheet (dense, no sparsity) for the precision the stage trains in; an unknown GPU has no peak (MFU None).
+The peak of a CPU is measured by a matmul probe in the worker's own threads, and the best probe so far on the
+machine is kept (`cpu_peak_flops`); a GPU's is declared from its data sheet (dense, no sparsity) for the
+precision the stage trains in; an unknown GPU has no peak (MFU None).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -57,6 +62,52 @@ def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_cache_path() -> Path:
+    """Where the best CPU probes are kept: $MM1_CACHE_DIR, else ~/.cache/mm1."""
+    root = os.environ.get("MM1_CACHE_DIR") or Path.home() / ".cache" / "mm1"
+    return Path(root) / "cpu_peak_flops.json"
+
+
+def cpu_peak_key() -> str:
+    """What a kept probe is valid for: the CPU model, the machine's CPUs, the threads, torch's version."""
+    return f"{_cpu_name()} | {os.cpu_count()} cpus | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def cpu_peak_flops() -> float:
+    """The CPU's fp32 matmul peak for this process's torch threads: the best of a probe now and every earlier
+    probe on this machine. A probe that meets a busy machine (a worker starting while Ray Data still reads)
+    measures less than the hardware can do, and a low denominator would inflate every MFU of that run."""
+    measured = measure_cpu_peak_flops(repeats=10)
+    key = cpu_peak_key()
+    path = peak_cache_path()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    best = max(measured, float(known.get(key, 0.0)))
+    if best > float(known.get(key, 0.0)):
+        try:  # best effort: a read-only home only loses the memory of earlier probes
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps({**known, key: best}, indent=1) + "\n")
+            os.replace(partial, path)
+        except OSError:
+            pass
+    return best
+
+
 def gpu_peak_flops(name: str, precision: str) -> float | None:
     table = GPU_PEAK_FLOPS["bf16" if precision == "bf16" else "fp32"]
     return next((peak for key, peak in table.items() if key in name), None)
@@ -66,7 +117,7 @@ def device_peak_flops(device: torch.device, precision: str = "fp32") -> float | 
     """Peak FLOP/s of one worker's device; None where unknown (an unlisted GPU), rather than a guess."""
     if device.type == "cuda":
         return gpu_peak_flops(torch.cuda.get_device_name(device), precision)
-    return measure_cpu_peak_flops()
+    return cpu_peak_flops()
 
 
 def mfu(flops: float, seconds: float, peak_flops: float | None) -> float | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -10,6 +12,8 @@ from train_helpers import make_model, make_tokenizer
 from mm1.model import mm1_config, model_info
 from mm1.train.mfu import (
     FlopsModel,
+    cpu_peak_flops,
+    cpu_peak_key,
     device_peak_flops,
     flops_model,
     gpu_peak_flops,
@@ -83,3 +87,32 @@ def test_cpu_peak_is_measured_with_this_process_threads():
         torch.set_num_threads(threads)
     assert 1e9 < one < 1e12  # a core does GFLOP/s to a few hundred, never TFLOP/s
     assert device_peak_flops(torch.device("cpu")) > 1e9
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MM1_CACHE_DIR", str(tmp_path))
+    return tmp_path / "cpu_peak_flops.json"
+
+
+def test_a_probe_on_a_busy_machine_does_not_lower_the_kept_peak(peak_cache):
+    peak_cache.write_text(json.dumps({cpu_peak_key(): 5e13, "another machine": 1.0}))
+    assert cpu_peak_flops() == 5e13
+    assert json.loads(peak_cache.read_text())[cpu_peak_key()] == 5e13
+
+
+def test_a_better_probe_replaces_the_kept_one_and_keeps_other_machines(peak_cache):
+    peak_cache.write_text(json.dumps({cpu_peak_key(): 1.0, "another machine": 7.0}))
+    best = cpu_peak_flops()
+    assert best > 1e9
+    assert json.loads(peak_cache.read_text()) == {cpu_peak_key(): best, "another machine": 7.0}
+
+
+def test_a_corrupt_or_unwritable_cache_still_gives_a_peak(peak_cache, monkeypatch, tmp_path):
+    peak_cache.write_text("{not json")
+    assert cpu_peak_flops() > 1e9
+    assert cpu_peak_key() in json.loads(peak_cache.read_text())  # rewritten whole
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MM1_CACHE_DIR", str(blocker / "below-a-file"))
+    assert cpu_peak_flops() > 1e9
