@@ -81,6 +81,23 @@ def prepare_local_ray(mode: str) -> str:
     return chosen
 
 
+def _flag_name(value: str | None) -> str:
+    return "haproxy" if value == "1" else "proxy"
+
+
 def running_ingress() -> str:
-    """The ingress of the Ray this process belongs to, as far as its environment says."""
-    return "haproxy" if os.environ.get(ENABLE) == "1" else "proxy"
+    """The ingress of the Ray this process is connected to, as its worker processes were started (a
+    driver that joined a cluster may have an environment of its own); "unknown" if they do not answer."""
+    import ray
+
+    if not ray.is_initialized():
+        return _flag_name(os.environ.get(ENABLE))
+
+    @ray.remote(num_cpus=0)
+    def flag() -> str | None:
+        return os.environ.get(ENABLE)
+
+    try:
+        return _flag_name(ray.get(flag.remote(), timeout=30))
+    except Exception:  # an answer for a log line must not fail a deploy
+        return "unknown"

@@ -172,6 +172,10 @@ def test_requests_reach_the_replicas_through_haproxy_where_it_is_installed(serve
         pytest.skip("no HAProxy binary here: Serve's Python proxy is the ingress")
     assert running_ingress() == "haproxy"
     assert _listeners(serve_port) == {"haproxy"}  # not Serve's Python proxy actor
+    # The answer comes from the cluster's processes, not from this driver's own environment.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+        assert running_ingress() == "haproxy"
     assert httpx.get(f"{server}/health", timeout=10).status_code == 200
 
 
