@@ -51,8 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    target = Path(args.target)
-    if args.address or not (target.exists() or "://" in args.target):
+    from mm1 import storage
+
+    if args.address or not (Path(args.target).exists() or storage.is_uri(args.target)):
         from mm1.workflow.jobs import job_status
 
         print(job_status(args.target, args.address))
@@ -61,8 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mm1.workflow.runner import step_states
     from mm1.workflow.steps import STEP_NAMES
 
-    root, name = (str(target.parent), target.name) if "://" not in args.target else args.target.rsplit("/", 1)
-    rundir = RunDir(root, name)
+    rundir = RunDir(storage.parent(args.target), storage.name(args.target))
     if rundir.read_json("run.json") is None:
         raise UserError(
             f"{args.target}: not a run folder (no run.json); runs live under storage.root/<run name>"

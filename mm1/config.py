@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import MISSING, OmegaConf
 
+from mm1 import storage
 from mm1.config_validate import ConfigError, SchemaChecker, line_index
 
 __all__ = ["ConfigError", "Workflow", "load", "loads", "dump", "to_dict", "with_overrides"]
@@ -85,15 +86,22 @@ class ClusterConfig:
     storage_mount: str = "/mnt/runs"
     # Secrets are referenced, never inlined: the Ray auth token and (for s3) storage credentials.
     ray_token_secret: str = "ray-auth-token"
-    storage_secret: str = ""
+    # For an s3:// storage.root: the Secret every pod reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and, if
+    # present, AWS_SESSION_TOKEN) from; empty = no keys (the service account's IAM role, e.g. IRSA).
+    storage_secret: str = "mm1-s3"
+    # S3-compatible stores (MinIO, Ceph, R2...): endpoint URL and region given to every pod as AWS_ENDPOINT_URL
+    # and AWS_REGION; empty = AWS itself (the bucket's region is looked up).
+    s3_endpoint: str = ""
+    s3_region: str = ""
     # Kubernetes secrets holding registry credentials for the image.
     image_pull_secrets: list[str] = field(default_factory=list)
     # Extra environment on the head pod (e.g. RAY_GRAFANA_HOST so the dashboard embeds Grafana).
     head_env: dict[str, str] = field(default_factory=dict)
     # Seconds a finished RayJob (and its cluster) is kept before deletion (0 = at once).
     ttl_seconds_after_finished: int = 0
-    # Retries of a failed RayJob; each resumes from the run folder.
-    backoff_limit: int = 0
+    # Retries of a failed RayJob (a lost head pod included), each on a fresh RayCluster running the same
+    # entrypoint: finished steps are skipped and training resumes from its last checkpoint.
+    backoff_limit: int = 2
     active_deadline_seconds: int = 86400
     pre_running_deadline_seconds: int = 1800
     shutdown_after_job_finishes: bool = True
@@ -326,6 +334,16 @@ class Workflow:
 
 BENCHMARKS = ("shapes-vqa", "shapes-caption", "shapes-kshot", "coco-caption", "vqav2")
 FREEZABLE = ("vision", "connector", "llm")
+# Object-store variables cluster.head_env must not set: credentials are read from a Secret, never written into
+# manifests, and endpoint/region must reach every pod, not only the head. Variable -> where it belongs.
+S3_ENV_OWNERS = {
+    "AWS_ACCESS_KEY_ID": "the Secret named by cluster.storage_secret",
+    "AWS_SECRET_ACCESS_KEY": "the Secret named by cluster.storage_secret",
+    "AWS_SESSION_TOKEN": "the Secret named by cluster.storage_secret",
+    "AWS_ENDPOINT_URL": "cluster.s3_endpoint",
+    "AWS_REGION": "cluster.s3_region",
+    "AWS_DEFAULT_REGION": "cluster.s3_region",
+}
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Workflow:
@@ -420,6 +438,27 @@ def with_overrides(workflow: Workflow, overrides: dict[str, Any]) -> Workflow:
     return _to_workflow(document)
 
 
+def check_cluster_storage(cluster: ClusterConfig, checker: SchemaChecker) -> None:
+    """Object-store settings of the cluster section; literal credentials are refused, naming the key."""
+    fail = checker.fail
+    secret = cluster.storage_secret or "mm1-s3"
+    for key in cluster.head_env:
+        owner = S3_ENV_OWNERS.get(key.upper())
+        if owner and owner.startswith("the Secret"):
+            fail(
+                f"cluster.head_env.{key}",
+                f"credentials are never written into manifests; remove it and keep {key} in {owner} "
+                f"('{secret}'): kubectl -n {cluster.namespace} create secret generic {secret} "
+                "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=... (k8s/README.md)",
+            )
+        if owner:
+            fail(f"cluster.head_env.{key}", f"set {owner} instead: it reaches every pod, not only the head")
+    if cluster.s3_endpoint and not storage.is_http(cluster.s3_endpoint):
+        fail("cluster.s3_endpoint", f"'{cluster.s3_endpoint}' must be an http:// or https:// URL")
+    if cluster.backoff_limit < 0:
+        fail("cluster.backoff_limit", f"must be >= 0 (0 = no retries), got {cluster.backoff_limit}")
+
+
 def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
     """Rules that types alone cannot express; each names the offending key."""
     fail = checker.fail
@@ -503,6 +542,7 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
         fail("deploy.max_batch_size", f"must be at least 1, got {wf.deploy.max_batch_size}")
     if wf.cluster.backend == "ray" and not wf.cluster.address:
         fail("cluster.address", "backend 'ray' needs the dashboard address, e.g. http://HOST:8265")
+    check_cluster_storage(wf.cluster, checker)
     for key, values in wf.sweep.items():
         path = f"sweep.{key}"
         if not values:

@@ -29,7 +29,6 @@ from ray.serve import Application
 
 from mm1.model import load_for_inference
 from services.api import create_api, key_digest
-from services.checkpoints import local_checkpoint
 from services.engine import Engine, Prompt, StepOutput
 from services.scheduler import DecodeLoop, RequestStream
 from services.settings import ServeSettings
@@ -42,8 +41,10 @@ class ChatServer:
         self.settings = ServeSettings.from_args(settings)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        checkpoint = local_checkpoint(self.settings.checkpoint)  # s3:// etc. are copied to local disk
-        model, self.processor = load_for_inference(checkpoint, device=self.settings.torch_device)
+        # Any storage location: a winner on an object store is copied to this replica's disk once.
+        model, self.processor = load_for_inference(
+            self.settings.checkpoint, device=self.settings.torch_device
+        )
         self.engine = Engine(model, self.processor)
         self.context_length = self.engine.context_length
         self.decoder = DecodeLoop(self.engine, max_rows=self.settings.max_batch_size)

@@ -1,181 +1,188 @@
-"""A real two-node Ray cluster on this machine (token auth on), a reduced quick start submitted with
-`mm1 submit`, and its success checked through the dashboard's REST API, training on both nodes."""
+"""The cluster story end to end: a two-node `ray start` cluster whose nodes share no disk, the run folder, the
+corpora and the benchmark files in an S3 bucket (the session's real S3-compatible server), a reduced quick
+start submitted with `mm1 submit`; then the head node lost in the middle of pre-training and the run resumed
+on a fresh cluster from its checkpoints in the bucket."""
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
+import re
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 from quickstart_overrides import QUICKSTART, REDUCED
+from ray_cluster import Cluster, free_ports, new_cluster_env, submission_id, submit
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from mm1 import storage
+from mm1.config import ShapesConfig
+from mm1.data.shapes_corpus import write_shapes_corpora, write_shapes_eval
+from mm1.workflow.steps import STEP_NAMES
 
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free right now (held open together so that none is handed out twice)."""
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def node_ports() -> list[str]:
-    names = [
-        "node-manager-port",
-        "object-manager-port",
-        "dashboard-agent-listen-port",
-        "metrics-export-port",
-        "runtime-env-agent-port",
-        "dashboard-agent-grpc-port",
-    ]
-    return [f"--{name}={port}" for name, port in zip(names, free_ports(len(names)), strict=True)]
-
-
-def start_node(command: list[str], env: dict[str, str], marker: str, attempts: int = 3) -> None:
-    """`ray start` with ports picked just before it runs. A port free when picked can be taken by the
-    time a daemon binds it (the head's own processes open connections from the same range), so a failed
-    start is cleaned up and retried with fresh ports; the last failure is shown with Ray's own output."""
-    for attempt in range(1, attempts + 1):
-        proc = subprocess.run([*command, *node_ports()], env=env, capture_output=True, text=True, timeout=120)
-        if proc.returncode == 0:
-            return
-        kill_cluster(marker)
-        if attempt == attempts:
-            raise AssertionError(
-                f"`ray start` failed {attempts} times; last output:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-            )
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            found += [child, *_children(child)]
-    return found
-
-
-def kill_cluster(marker: str) -> None:
-    """Kill every process of this cluster (their command lines name its temp dir) and their children,
-    leaving any other Ray on the machine alone (`ray stop` would kill them all)."""
-    roots = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if marker in cmdline.read_bytes().decode(errors="ignore"):
-                roots.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    for pid in {p for root in roots for p in [root, *_children(root)]}:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def get_json(url: str, token: str) -> dict:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def two_node_cluster():
-    # Not under pytest's basetemp: a concurrent pytest session may prune that while the cluster runs.
-    temp_dir = Path(tempfile.mkdtemp(prefix="mm1-rayhead-"))
-    # Each node its own temp dir, as on separate hosts: two nodes sharing one runtime_resources folder
-    # garbage-collect each other's unpacked working_dir.
-    worker_temp_dir = Path(tempfile.mkdtemp(prefix="mm1-rayworker-"))
-    token = secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "RAY_AUTH_TOKEN": token,
-        "RAY_AUTH_MODE": "token",
-        "PATH": f"{BIN}:{os.environ['PATH']}",  # the job's `python` is this environment's
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    gcs, dashboard, client = free_ports(3)
-    ray = str(BIN / "ray")
-    head = [
-        ray, "start", "--head", f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
-        "--num-cpus=3", f"--temp-dir={temp_dir}", f"--ray-client-server-port={client}",
-        "--min-worker-port=21000", "--max-worker-port=21999",
-    ]  # fmt: skip
-    worker = [
-        ray, "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2", f"--temp-dir={worker_temp_dir}",
-        "--min-worker-port=22000", "--max-worker-port=22999",
-    ]  # fmt: skip
+def cluster(s3_server):
+    env, token = new_cluster_env()  # the S3 variables are in this process's environment: the nodes get them
+    nodes = Cluster(env, token)
     try:
-        start_node(head, env, str(temp_dir))
-        start_node(worker, env, str(worker_temp_dir))
-        address = f"http://127.0.0.1:{dashboard}"
-        deadline = time.monotonic() + 60
-        while True:
-            nodes = get_json(f"{address}/nodes?view=summary", token)["data"]["summary"]
-            if sum(n["raylet"]["state"] == "ALIVE" for n in nodes) == 2:
-                break
-            assert time.monotonic() < deadline, "the worker node never joined"
-            time.sleep(1)
-        yield address, token, env
+        yield nodes.start()
     finally:
-        for folder in (temp_dir, worker_temp_dir):
-            kill_cluster(str(folder))
-            shutil.rmtree(folder, ignore_errors=True)
+        nodes.kill()
 
 
-@pytest.mark.e2e
-def test_submit_reduced_quickstart_to_a_two_node_cluster(two_node_cluster, tmp_path):
-    address, token, env = two_node_cluster
+def upload_inputs(s3_server, bucket: str, tmp_path: Path) -> list[str]:
+    """Shapes corpora (the reduced quick start's sizes) and COCO/VQAv2 files, uploaded to the bucket; the
+    overrides that point the workflow at them."""
+    corpora = write_shapes_corpora(
+        tmp_path / "corpora",
+        ShapesConfig(caption_samples=300, interleaved_docs=60, text_samples=100, sft_samples=300),
+        parallel=False,
+    )
+    s3_server.upload(tmp_path / "corpora", f"{bucket}/corpora")
+    bench = write_shapes_eval(tmp_path / "bench", num_scenes=4, seed=77)
+    s3_server.upload(tmp_path / "bench", f"{bucket}/bench")
+    assert set(corpora) == {"captions", "interleaved", "text", "sft"}
+    return [
+        f"data.corpora.captions=[{bucket}/corpora/captions]",
+        f"data.corpora.interleaved=[{bucket}/corpora/interleaved/*.parquet]",
+        f"data.corpora.text=[{bucket}/corpora/text]",
+        f"data.corpora.sft=[{bucket}/corpora/sft/00000.json]",
+        "evaluate.benchmarks=[shapes-vqa,coco-caption,vqav2]",
+        *(
+            f"evaluate.{key}={bucket}/bench/{Path(bench[name]).name}"
+            for key, name in (
+                ("coco_annotations", "coco_annotations"),
+                ("coco_images", "images"),
+                ("vqav2_questions", "vqav2_questions"),
+                ("vqav2_annotations", "vqav2_annotations"),
+                ("vqav2_images", "images"),
+            )
+        ),
+    ]
+
+
+def job_of(cluster: Cluster, stdout: str) -> dict:
+    sid = submission_id(stdout)
+    return next(j for j in cluster.get("/api/jobs/") if j.get("submission_id") == sid)
+
+
+def train_worker_nodes(cluster: Cluster, job_id: str) -> set[str]:
+    actors = cluster.get(
+        "/api/v0/actors?detail=1&limit=1000&filter_keys=class_name&filter_predicates=%3D"
+        "&filter_values=RayTrainWorker"
+    )["data"]["result"]["result"]
+    return {a["node_id"] for a in actors if a.get("job_id") == job_id}
+
+
+def test_object_store_run_on_nodes_that_share_no_disk(cluster, s3_server, tmp_path):
+    bucket = s3_server.new_bucket()
+    port = free_ports(1)[0]
     overrides = [
         *REDUCED,
-        f"storage.root={tmp_path}",
+        *upload_inputs(s3_server, bucket, tmp_path),
+        f"storage.root={bucket}/runs",
         "sweep={}",
         "pretrain.num_workers=2",
-        "pretrain.placement_strategy=STRICT_SPREAD",
+        "pretrain.placement_strategy=SPREAD",
+        f"deploy.port={port}",
+    ]
+    started = time.perf_counter()
+    proc = submit(cluster.address, cluster.env, QUICKSTART, overrides)
+    wall = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
+    job = job_of(cluster, proc.stdout)
+    assert job["status"] == "SUCCEEDED" and job["metadata"]["run_dir"] == f"{bucket}/runs/quickstart"
+    assert len(train_worker_nodes(cluster, job["job_id"])) == 2  # pre-training ran on both nodes
+
+    run = f"{bucket}/runs/quickstart"
+    for step in STEP_NAMES:  # every step's manifest and outputs are in the bucket
+        manifest = json.loads(storage.read_text(f"{run}/{step}/manifest.json"))
+        assert manifest["status"] == "done", step
+    ingest = json.loads(storage.read_text(f"{run}/ingest/manifest.json"))
+    assert ingest["outputs"]["pretrain"] == f"{run}/ingest/pretrain"
+    assert ingest["headline"]["records_dropped"] == 0 and ingest["headline"]["records_kept"] == 760
+    assert storage.list_files(f"{run}/ingest/pretrain", suffix=".parquet")
+    winner = json.loads(storage.read_text(f"{run}/select/manifest.json"))["outputs"]["winner"]
+    assert winner["checkpoint"].startswith(f"{run}/sft/ray/")
+    assert storage.is_file(f"{winner['checkpoint']}/model.safetensors")
+    evaluation = json.loads(storage.read_text(f"{run}/evaluate/manifest.json"))["outputs"]
+    scored = evaluation["results"][0]["metrics"]
+    assert "coco-caption/cider" in scored and "vqav2/overall" in scored  # benchmark files read from s3
+    assert storage.is_file(f"{run}/report/report.html")
+
+    # The deploy step served the winner straight from the bucket; the endpoint outlives the job.
+    endpoint = json.loads(storage.read_text(f"{run}/deploy/manifest.json"))["outputs"]
+    assert endpoint["url"] == f"http://127.0.0.1:{port}/v1" and endpoint["sample"]["answer"] is not None
+    reply = OpenAI(base_url=endpoint["url"], api_key="unused").chat.completions.create(
+        model=endpoint["model"], messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+    usage = s3_server.usage(run)
+    print(f"\ns3 cluster run: {wall:.1f} s wall; bytes in the bucket per step: {usage}")
+    assert usage["ingest"] > 0 and usage["pretrain"] > usage["ingest"] // 100
+
+    # A rerun skips every step that has something to skip (deploy always serves anew).
+    again = submit(cluster.address, cluster.env, QUICKSTART, overrides)
+    assert again.returncode == 0, again.stdout[-8000:]
+    for step in STEP_NAMES:
+        if step != "deploy":
+            assert f"[{step}] skipped: unchanged" in again.stdout, step
+
+
+def checkpoint_names(ray_runs: str) -> set[str]:
+    """Checkpoint folders of the Ray Train runs under `ray_runs`, by name."""
+    names = {storage.name(c) for run in storage.list_dirs(ray_runs) for c in storage.list_dirs(run)}
+    return {name for name in names if re.fullmatch(r"checkpoint_\d+", name)}
+
+
+def test_a_lost_head_resumes_from_the_checkpoints_in_the_bucket(s3_server, tmp_path):
+    bucket = s3_server.new_bucket()
+    overrides = [
+        *REDUCED,
+        f"storage.root={bucket}/runs",
+        "sweep={}",
+        "pretrain.num_workers=2",
+        "pretrain.placement_strategy=SPREAD",
+        "pretrain.steps=40",
+        "pretrain.checkpoint_every=5",
+        "pretrain.keep_checkpoints=3",
+        "sft.enabled=false",
         "deploy.enabled=false",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "mm1.cli", "submit", "--address", address, str(QUICKSTART), *overrides],
-        cwd=ROOT,
-        env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"},  # the client turns token auth on itself
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-    submission_id = proc.stdout.split("submitted job ")[1].split()[0]
+    ray_runs = f"{bucket}/runs/quickstart/pretrain/ray"
+    env, token = new_cluster_env()
+    first = Cluster(env, token).start()
+    try:
+        proc = submit(first.address, env, QUICKSTART, overrides, follow=False)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+        # Kill once step 15's checkpoint folder exists, so step 10's is surely registered with Ray Train.
+        deadline = time.monotonic() + 600
+        while "checkpoint_000015" not in checkpoint_names(ray_runs):
+            assert time.monotonic() < deadline, "pre-training never reached step 15"
+            time.sleep(0.5)
+    finally:
+        assert first.kill() > 0  # the head and its worker, kill -9: their disks (tmpfs) are gone too
+    saved = sorted(int(name.split("_")[1]) for name in checkpoint_names(ray_runs))
+    assert saved and saved[-1] < 40
 
-    jobs = get_json(f"{address}/api/jobs/", token)
-    job = next(j for j in jobs if j.get("submission_id") == submission_id)
-    assert job["status"] == "SUCCEEDED"
-    assert job["metadata"]["workflow"] == "quickstart"
-    assert job["metadata"]["run_dir"] == f"{tmp_path}/quickstart"
-
-    # Training used workers on both nodes: the Ray Train worker actors of this job ran on two node ids.
-    actors = get_json(
-        f"{address}/api/v0/actors?detail=1&limit=1000&filter_keys=class_name&filter_predicates=%3D"
-        "&filter_values=RayTrainWorker",
-        token,
-    )["data"]["result"]["result"]
-    nodes = {a["node_id"] for a in actors if a.get("job_id") == job["job_id"]}
-    assert len(nodes) == 2, actors
-    manifest = json.loads((tmp_path / "quickstart" / "select" / "manifest.json").read_text())
-    assert manifest["status"] == "done"
+    second = Cluster(*new_cluster_env()).start()  # a fresh head: nothing of the old one's disk
+    try:
+        proc = submit(second.address, second.env, QUICKSTART, overrides)
+        assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
+    finally:
+        second.kill()
+    assert "[ingest] skipped: unchanged" in proc.stdout
+    resumed_at = int(proc.stdout.split("[pretrain:base] resumed at step ")[1].split(";")[0])
+    # From the newest checkpoint Ray Train had registered (the newest folder may be one it never finished).
+    assert resumed_at in saved and resumed_at >= 10
+    metrics = storage.read_text(f"{bucket}/runs/quickstart/pretrain/metrics/base.jsonl")
+    history = [json.loads(line) for line in metrics.splitlines()]
+    steps = [row["step"] for row in history]
+    assert steps == list(range(1, 41))  # each step once: none repeated beyond the last checkpoint
+    resumed = [row for row in history if "resumed_from" in row]
+    assert [(r["step"], r["resumed_from"]) for r in resumed] == [(resumed_at + 1, resumed_at)]
+    print(f"\nhead lost after checkpoint {saved[-1]}; the fresh cluster resumed at step {resumed_at}")

@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from mm1.data import files
+from mm1 import storage
 from mm1.data.records import BAD_JSON, BAD_RECORD, MISSING_IMAGE_FILE, UNREADABLE_FILE, BadTally
 
 _IMAGE_ID = re.compile(r"(\d+)\.(?:jpe?g|png|webp|bmp)$", re.IGNORECASE)
@@ -23,7 +23,7 @@ class EvalFileError(ValueError):
 
 def _load_json(path: str | Path, tally: BadTally | None) -> dict:
     try:
-        data = json.loads(files.read_bytes(str(path)))
+        data = json.loads(storage.read_bytes(str(path)))
     except json.JSONDecodeError as exc:
         _count(tally, BAD_JSON, str(path), str(exc))
         raise EvalFileError(f"{path}: not valid JSON ({exc})") from None
@@ -44,8 +44,8 @@ def _image_path(images_dir: str | Path | None, name: str, file: str, tally: BadT
     """The image's path under `images_dir` ('' when no folder is given); None when the file is missing."""
     if not images_dir:
         return ""
-    path = files.join(str(images_dir), name)
-    if files.is_uri(path) or Path(path).is_file():
+    path = storage.join(str(images_dir), name)
+    if storage.is_file(path):
         return path
     _count(tally, MISSING_IMAGE_FILE, file, path)
     return None
@@ -88,10 +88,10 @@ def read_coco_captions(
 def _index_images(images_dir: str | Path) -> dict[int, str]:
     """image id -> file name, from COCO-style names ending in the zero-padded id (COCO_val2014_000000042.jpg)."""
     index = {}
-    for path in sorted(Path(images_dir).iterdir()):
-        match = _IMAGE_ID.search(path.name)
+    for path in storage.list_files(str(images_dir)):
+        match = _IMAGE_ID.search(storage.name(path))
         if match:
-            index.setdefault(int(match.group(1)), path.name)
+            index.setdefault(int(match.group(1)), storage.name(path))
     return index
 
 
@@ -106,8 +106,6 @@ def read_vqav2(
     q_data = _load_json(questions, tally)
     a_data = _load_json(annotations, tally)
     by_qid = {a.get("question_id"): a for a in a_data.get("annotations", []) if isinstance(a, dict)}
-    if images_dir and files.is_uri(str(images_dir)):
-        raise EvalFileError(f"{images_dir}: the VQAv2 image folder must be local (it is indexed by image id)")
     index = _index_images(images_dir) if images_dir else {}
     out = []
     for q in q_data.get("questions", []):
@@ -129,7 +127,7 @@ def read_vqav2(
             if name is None:
                 _count(tally, MISSING_IMAGE_FILE, str(questions), f"image {q['image_id']} in {images_dir}")
                 continue
-            image = files.join(str(images_dir), name)
+            image = storage.join(str(images_dir), name)
         out.append(
             {
                 "question_id": q["question_id"],

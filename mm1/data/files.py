@@ -1,27 +1,14 @@
-"""File access for corpora: local paths and globs, or pyarrow filesystem URIs (s3://, gs://, ...)."""
+"""Corpus files: the files a list of paths, folders or globs names (local or any mm1.storage location),
+and http(s) downloads of images that corpora link to."""
 
 from __future__ import annotations
 
 import fnmatch
 import glob
-import posixpath
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
 
-import pyarrow.fs as pafs
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def is_url(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
-
-
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path)
+from mm1 import storage
 
 
 def expand_paths(patterns: list[str], extensions: tuple[str, ...]) -> list[str]:
@@ -29,7 +16,11 @@ def expand_paths(patterns: list[str], extensions: tuple[str, ...]) -> list[str]:
     of `extensions`. A pattern that matches nothing raises FileNotFoundError naming it."""
     out: list[str] = []
     for pattern in patterns:
-        found = _expand_uri(pattern, extensions) if is_uri(pattern) else _expand_local(pattern, extensions)
+        found = (
+            _expand_uri(pattern, extensions)
+            if storage.is_uri(pattern)
+            else _expand_local(pattern, extensions)
+        )
         if not found:
             raise FileNotFoundError(f"corpus path matches no {'/'.join(extensions)} file: {pattern}")
         out += found
@@ -48,55 +39,13 @@ def _expand_local(pattern: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def _expand_uri(pattern: str, extensions: tuple[str, ...]) -> list[str]:
-    fs, path = _fs(pattern)
-    scheme = pattern.split("://", 1)[0]
-    has_glob = any(ch in path for ch in "*?[")
-    base = path
-    if has_glob:
-        base = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
-    info = fs.get_file_info(base)
-    if info.type == pafs.FileType.File:
-        return [pattern]
-    if info.type != pafs.FileType.Directory:
-        return []
-    files = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    names = [f.path for f in files if f.type == pafs.FileType.File]
-    if has_glob:
-        names = [n for n in names if fnmatch.fnmatch(n, path)]
-    else:
-        names = [n for n in names if n.endswith(extensions)]
-    return [f"{scheme}://{n}" for n in sorted(names)]
-
-
-def open_input(path: str) -> BinaryIO:
-    if is_uri(path):
-        fs, inner = _fs(path)
-        return fs.open_input_file(inner)  # type: ignore[return-value]  # seekable, for parquet
-    return open(path, "rb")  # noqa: SIM115 - the caller closes it
-
-
-def read_bytes(path: str) -> bytes:
-    """Whole file contents; FileNotFoundError when it does not exist (local or remote)."""
-    if is_uri(path):
-        fs, inner = _fs(path)
-        if fs.get_file_info(inner).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(path)
-        with fs.open_input_stream(inner) as f:
-            return f.read()
-    return Path(path).read_bytes()
-
-
-def join(root: str, relative: str) -> str:
-    """`relative` under `root` (absolute paths and URIs are returned unchanged)."""
-    if is_uri(relative) or relative.startswith("/"):
-        return relative
-    if is_uri(root):
-        return posixpath.join(root, relative)
-    return str(Path(root) / relative)
-
-
-def parent(path: str) -> str:
-    return posixpath.dirname(path) if is_uri(path) else str(Path(path).parent)
+    wildcards = [pattern.index(ch) for ch in "*?[" if ch in pattern]  # no scheme has one
+    if not wildcards:
+        if storage.is_file(pattern):
+            return [pattern]
+        return storage.list_files(pattern, recursive=True, suffix=extensions)
+    base = storage.parent(pattern[: min(wildcards)] + "x")  # the folder above the first wildcard
+    return [f for f in storage.list_files(base, recursive=True) if fnmatch.fnmatch(f, pattern)]
 
 
 def download(url: str, timeout_s: float = 10.0, max_bytes: int = 20_000_000) -> bytes:

@@ -11,7 +11,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from mm1.data import files
+from mm1 import storage
 from mm1.data.preprocess import ImageDecodeError, load_image
 from mm1.data.records import (
     IMAGE_TOO_LARGE,
@@ -57,7 +57,7 @@ def verify_source(source: bytes | str) -> bytes:
     """Bytes, or a local/URI path, to verified PNG bytes; raises BadImage with a reason."""
     if isinstance(source, str):
         try:
-            source = files.read_bytes(source)
+            source = storage.read_bytes(source)
         except FileNotFoundError:
             raise BadImage(MISSING_IMAGE_FILE, f"image file not found: {source}") from None
         except OSError as exc:

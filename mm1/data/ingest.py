@@ -12,7 +12,11 @@ Ray Data stages (the caller has already called `ray.init`; stage code lives in m
      mm1.data.chat (ONE `<image>` token per image) and each copy is written into a fragment of its output
      file; one task per output file then concatenates its fragments in position order. Output files are
      contiguous slices of the stream: `pretrain/part-<first position>.parquet`, `sft/part-....parquet`,
-     512 samples each in row groups of 128 (the training loader's unit of work).
+     512 samples each in row groups of 256 (the training loader's unit of work).
+Where things go: the driver writes its own files (stats.json, the tokenizer) into `out_dir`, its disk; Ray
+tasks, which may run on nodes that cannot see that disk, read and write only under `out_uri`, the step's folder
+in the run directory (the same folder for a local run; s3://... for an object-store root): generated corpora,
+the tokenizer they load, scratch fragments and the shards.
 Shard schema: source string, input_ids list<int32>, labels list<int32> (-100 = no loss), images list<binary>
 (PNG, in the order of the `<image>` tokens). The same seed gives the same shard contents.
 """
@@ -31,6 +35,7 @@ import pyarrow as pa
 import ray
 from ray.data import DataContext
 
+from mm1 import storage
 from mm1.config import Workflow
 from mm1.data import files
 from mm1.data.mixture import MixturePlan, plan_mixture
@@ -70,15 +75,16 @@ def _data_context(progress: bool):
             setattr(ctx, name, value)
 
 
-def resolve_corpora(wf: Workflow, out_dir: Path, progress: bool) -> tuple[dict[str, list[str]], bool]:
-    """Corpus files per source; generates Shapes under out_dir/corpora when the workflow names none."""
+def resolve_corpora(wf: Workflow, out_uri: str, progress: bool) -> tuple[dict[str, list[str]], bool]:
+    """Corpus files per source; generates Shapes into out_uri/corpora when the workflow names none."""
     c = wf.data.corpora
     named = {"interleaved": c.interleaved, "captions": c.captions, "text": c.text, "sft": c.sft}
     if not any(named.values()):
+        shared = storage.join(out_uri, "corpora")
         if progress:
-            print(f"ingest: no corpora named; generating Shapes into {out_dir / 'corpora'}")
-        generated = write_shapes_corpora(out_dir / "corpora", wf.data.shapes)
-        return {s: [str(p) for p in paths] for s, paths in generated.items()}, True
+            print(f"ingest: no corpora named; generating Shapes into {shared}")
+        # Straight into the run folder: the read tasks may run on nodes that cannot see this disk.
+        return write_shapes_corpora(shared, wf.data.shapes), True
     try:
         return {s: files.expand_paths(list(p), EXTENSIONS[s]) for s, p in named.items() if p}, False
     except FileNotFoundError as exc:
@@ -124,7 +130,8 @@ def _check_bad_fraction(tally: BadTally, read: int, max_bad: float) -> str | Non
     )
 
 
-def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, path: Path) -> dict:
+def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, path: Path, shared: str) -> dict:
+    """Train (or load) the tokenizer, save it to `path` and make it readable at `shared` for the tasks."""
     from mm1.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     if wf.data.tokenizer:
@@ -141,7 +148,9 @@ def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, pat
     if path.exists():
         shutil.rmtree(path)
     tokenizer.save_pretrained(str(path))
-    return {"path": str(path), "vocab_size": len(tokenizer), "trained": trained, "name": wf.data.tokenizer}
+    if storage.is_remote(shared):
+        storage.copy_tree(str(path), shared)
+    return {"path": shared, "vocab_size": len(tokenizer), "trained": trained, "name": wf.data.tokenizer}
 
 
 def _mixture_stats(plan: MixturePlan, tokens_by_source: dict[str, int]) -> dict:
@@ -162,14 +171,16 @@ def _mixture_stats(plan: MixturePlan, tokens_by_source: dict[str, int]) -> dict:
     }
 
 
-def run_ingest(wf: Workflow, out_dir: Path, progress: bool = True) -> dict:
-    """THE ingest step (see the module docstring); writes out_dir/{tokenizer,pretrain,sft,stats.json}."""
+def run_ingest(wf: Workflow, out_dir: Path, out_uri: str | None = None, progress: bool = True) -> dict:
+    """THE ingest step (see the module docstring): out_dir/{tokenizer,stats.json} on the driver,
+    out_uri/{tokenizer,pretrain,sft} for every node (`out_uri` defaults to `out_dir`: a local run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    out_uri = out_uri or str(out_dir)
     data = wf.data
     clock: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpora, generated = resolve_corpora(wf, out_dir, progress)
+    corpora, generated = resolve_corpora(wf, out_uri, progress)
     clock["generate_shapes_s"] = time.perf_counter() - t0
     options = ReadOptions(download_images=data.download_images, sft_image_root=data.corpora.sft_image_root)
     stats: dict = {
@@ -202,17 +213,18 @@ def run_ingest(wf: Workflow, out_dir: Path, progress: bool = True) -> dict:
             raise IngestError(failure)
 
         t = time.perf_counter()
-        stats["tokenizer"] = _prepare_tokenizer(wf, verified, out_dir / "tokenizer")
+        tokenizer_uri = storage.join(out_uri, "tokenizer")
+        stats["tokenizer"] = _prepare_tokenizer(wf, verified, out_dir / "tokenizer", tokenizer_uri)
         clock["tokenizer_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        positions, layout, plan = _plan_outputs(meta, data, out_dir)
+        positions, layout, plan = _plan_outputs(meta, data, out_uri)
         tokens, written = tokenize_mix_write(
-            verified, str(out_dir / "tokenizer"), positions, layout, out_dir / "_scratch"
+            verified, tokenizer_uri, positions, layout, storage.join(out_uri, "_scratch")
         )
         clock["tokenize_mix_write_s"] = time.perf_counter() - t
 
-    _output_stats(stats, tokens, plan, written, out_dir)
+    _output_stats(stats, tokens, plan, written, out_uri)
     _write_stats(out_dir, stats, clock)
     if progress:
         _print_summary(stats)
@@ -220,7 +232,7 @@ def run_ingest(wf: Workflow, out_dir: Path, progress: bool = True) -> dict:
 
 
 def _plan_outputs(
-    meta: pa.Table, data, out_dir: Path
+    meta: pa.Table, data, out_uri: str
 ) -> tuple[dict[str, list[int]], Layout, MixturePlan | None]:
     """Positions per kept key: pre-training by the mixture plan at [0, N), SFT shuffled at [N, N + M)."""
     keys: dict[str, list[str]] = defaultdict(list)
@@ -235,9 +247,8 @@ def _plan_outputs(
     sections: list[tuple[int, int, str]] = []
     plan = None
     for folder in ("pretrain", "sft"):
-        if (out_dir / folder).exists():
-            shutil.rmtree(out_dir / folder)  # a rerun must not mix old shards with new ones
-        (out_dir / folder).mkdir(parents=True)
+        storage.remove_tree(storage.join(out_uri, folder))  # a rerun must not mix old shards with new ones
+        storage.make_dirs(storage.join(out_uri, folder))
     available = {s: len(keys.get(s, [])) for s in PRETRAIN_SOURCES}
     if sum(available.values()):
         m = data.mixture
@@ -246,18 +257,18 @@ def _plan_outputs(
         for source, (index, where) in plan.draws.items():
             for i, p in zip(index.tolist(), where.tolist(), strict=True):
                 positions[keys[source][i]].append(p)
-        sections.append((0, plan.total, str(out_dir / "pretrain")))
+        sections.append((0, plan.total, storage.join(out_uri, "pretrain")))
     sft = keys.get("sft", [])
     if sft:
         start = plan.total if plan else 0
         order = np.random.default_rng([data.seed, 11]).permutation(len(sft))
         for key, p in zip(sft, order.tolist(), strict=True):
             positions[key].append(start + p)
-        sections.append((start, len(sft), str(out_dir / "sft")))
+        sections.append((start, len(sft), storage.join(out_uri, "sft")))
     return dict(positions), Layout(tuple(sections)), plan
 
 
-def _output_stats(stats: dict, tokens: pa.Table, plan, written: list[str], out_dir: Path) -> None:
+def _output_stats(stats: dict, tokens: pa.Table, plan, written: list[str], out_uri: str) -> None:
     in_shards: dict[str, Counter] = defaultdict(Counter)
     columns = (tokens.column(c).to_pylist() for c in ("source", "n_tokens", "copies"))
     for source, n_tokens, copies in zip(*columns, strict=True):
@@ -271,9 +282,10 @@ def _output_stats(stats: dict, tokens: pa.Table, plan, written: list[str], out_d
     stats["images"] = sum(s.get("images", 0) for s in stats["sources"].values())
     stats["tokens"] = sum(s["tokens"] for s in stats["sources"].values())
     for split, sources in (("pretrain", PRETRAIN_SOURCES), ("sft", ("sft",))):
-        split_files = [f for f in written if Path(f).parent == out_dir / split]
+        folder = storage.join(out_uri, split)
+        split_files = [f for f in written if storage.parent(f) == folder]
         stats[split] = {
-            "dir": str(out_dir / split),
+            "dir": folder,
             "files": len(split_files),
             "samples": sum(in_shards[s]["samples"] for s in sources),
             "tokens": sum(in_shards[s]["tokens"] for s in sources),

@@ -16,7 +16,6 @@ training step down on a CPU.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +23,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from mm1.data import files
+from mm1 import storage
 from mm1.data.packing import PackSpec, expand, pack
 from mm1.data.preprocess import split_image
 
@@ -63,13 +62,22 @@ def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int
     }
 
 
-def pack_spec(shard_dir: str, *, image_tokens_per_image: int, seq_len: int, max_images: int) -> PackSpec:
-    """Token ids from the tokenizer that ingest saved beside the shards (shard_dir/../tokenizer)."""
+def pack_spec(
+    shard_dir: str,
+    *,
+    image_tokens_per_image: int,
+    seq_len: int,
+    max_images: int,
+    tokenizer: str | None = None,
+) -> PackSpec:
+    """Token ids from the tokenizer folder `tokenizer` (by default the one ingest saved beside the shards,
+    shard_dir/../tokenizer); any mm1.storage location."""
     from transformers import AutoTokenizer
 
     from mm1.data.chat import IMAGE
 
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(shard_dir).parent / "tokenizer"))
+    location = tokenizer or storage.join(storage.parent(shard_dir), "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(storage.local_copy(location))
     spec = PackSpec(
         seq_len=seq_len,
         max_images=max_images,
@@ -82,7 +90,7 @@ def pack_spec(shard_dir: str, *, image_tokens_per_image: int, seq_len: int, max_
 
 
 def shard_files(shard_dir: str) -> list[str]:
-    found = sorted(str(p) for p in Path(shard_dir).glob("*.parquet"))
+    found = storage.list_files(shard_dir, suffix=".parquet")
     if not found:
         raise FileNotFoundError(
             f"no *.parquet shards in {shard_dir}: run the ingest step first, with corpora for this stage "
@@ -98,7 +106,7 @@ def _read_and_pack(
     for path, group in zip(
         batch.column("path").to_pylist(), batch.column("row_group").to_pylist(), strict=True
     ):
-        with files.open_input(path) as f:
+        with storage.open_input(path) as f:
             table = pq.ParquetFile(f).read_row_group(group, columns=["input_ids", "labels", "images"])
         for start in range(0, table.num_rows, PACK_WINDOW):
             yield pack_table(table.slice(start, PACK_WINDOW), spec, image_size, image_grid)
@@ -108,7 +116,7 @@ def row_groups(paths: list[str]) -> list[dict]:
     """(path, row group) work items: small enough to balance two cores, big enough to amortize a task."""
     items = []
     for path in paths:
-        with files.open_input(path) as f:
+        with storage.open_input(path) as f:
             groups = pq.ParquetFile(f).metadata.num_row_groups
         items += [{"path": path, "row_group": g} for g in range(groups)]
     return items
@@ -117,6 +125,7 @@ def row_groups(paths: list[str]) -> list[dict]:
 def build_train_dataset(
     shard_dir: str,
     *,
+    tokenizer: str | None = None,
     image_size: int,
     image_grid: int,
     image_tokens_per_image: int,
@@ -132,7 +141,11 @@ def build_train_dataset(
     """
     paths = shard_files(shard_dir)
     spec = pack_spec(
-        shard_dir, image_tokens_per_image=image_tokens_per_image, seq_len=seq_len, max_images=max_images
+        shard_dir,
+        image_tokens_per_image=image_tokens_per_image,
+        seq_len=seq_len,
+        max_images=max_images,
+        tokenizer=tokenizer,
     )
     items = row_groups(paths)
     order = np.random.default_rng(seed).permutation(len(items))

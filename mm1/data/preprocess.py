@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mm1 import storage
+
 if TYPE_CHECKING:
     import torch
 
@@ -28,7 +30,8 @@ class ImageDecodeError(ValueError):
 
 
 def load_image(source: bytes | str | Path | Image.Image | np.ndarray) -> Image.Image:
-    """Decode `source` (encoded bytes, a local path, a PIL image or an HxWx3 uint8 array) to RGB."""
+    """Decode `source` (encoded bytes, a path or mm1.storage location, a PIL image or an HxWx3 uint8 array)
+    to RGB."""
     if isinstance(source, Image.Image):
         image = source
     elif isinstance(source, np.ndarray):
@@ -38,7 +41,7 @@ def load_image(source: bytes | str | Path | Image.Image | np.ndarray) -> Image.I
             if isinstance(source, (bytes, bytearray, memoryview)):
                 image = Image.open(io.BytesIO(bytes(source)))
             else:
-                image = Image.open(Path(source))
+                image = Image.open(io.BytesIO(storage.read_bytes(str(source))))
             image.load()  # force a full decode so truncated files fail here, not later
         except FileNotFoundError as exc:
             raise ImageDecodeError(f"image file not found: {source}") from exc

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from mm1 import storage
 from mm1.data import files
 from mm1.data.chat import IMAGE
 from mm1.data.images import BadImage, to_png, verify_source
@@ -81,7 +82,7 @@ def verify_record(record: Record) -> Record | Bad:
 def read_obelics(path: str, options: ReadOptions = ReadOptions()) -> Iterator[Item]:
     """OBELICS-style parquet: `images` and `texts` equal-length lists, exactly one non-null per index."""
     try:
-        with files.open_input(path) as f:
+        with storage.open_input(path) as f:
             parquet = pq.ParquetFile(f)
             names = set(parquet.schema_arrow.names)
             if not {"images", "texts"} <= names:
@@ -114,7 +115,7 @@ def _obelics_row(path: str, index: int, images, texts, options: ReadOptions) -> 
         source = _image_entry(image)
         if source is None:
             return Bad("interleaved", path, BAD_RECORD, f"{key}: image {i} is {type(image).__name__}")
-        if isinstance(source, str) and files.is_url(source):
+        if isinstance(source, str) and storage.is_http(source):
             fetched = _fetch(source, record) if options.download_images else None
             if not options.download_images:
                 record.urls_skipped += 1
@@ -122,7 +123,7 @@ def _obelics_row(path: str, index: int, images, texts, options: ReadOptions) -> 
                 continue
             source = fetched
         elif isinstance(source, str):
-            source = files.join(files.parent(path), source)
+            source = storage.join(storage.parent(path), source)
         record.segments.append(None)
         record.images.append(source)
     if not record.images and not any(s and s.strip() for s in record.segments):
@@ -155,7 +156,7 @@ def read_webdataset(path: str, options: ReadOptions = ReadOptions()) -> Iterator
     """Webdataset tar: per key, an image member (jpg/png/...) + `txt` caption and/or `json` with `caption`."""
     index = 0
     try:
-        with files.open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with storage.open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             current, members = None, {}
             for member in tar:
                 if not member.isfile():
@@ -205,7 +206,7 @@ def read_text(path: str, options: ReadOptions = ReadOptions()) -> Iterator[Item]
         yield from _read_text_parquet(path, options)
         return
     try:
-        with files.open_input(path) as f:
+        with storage.open_input(path) as f:
             lines = f.read().decode("utf-8", errors="replace").splitlines()
     except Exception as exc:
         yield Bad("text", path, UNREADABLE_FILE, f"{type(exc).__name__}: {exc}")
@@ -226,7 +227,7 @@ def read_text(path: str, options: ReadOptions = ReadOptions()) -> Iterator[Item]
 
 def _read_text_parquet(path: str, options: ReadOptions) -> Iterator[Item]:
     try:
-        with files.open_input(path) as f:
+        with storage.open_input(path) as f:
             parquet = pq.ParquetFile(f)
             if "text" not in parquet.schema_arrow.names:
                 raise ValueError(f"needs a `text` column, found {parquet.schema_arrow.names}")
@@ -254,7 +255,7 @@ def _text_record(path: str, index: int, text) -> Item:
 def read_llava(path: str, options: ReadOptions = ReadOptions()) -> Iterator[Item]:
     """LLaVA JSON: a list of {"id", "image" (relative path, optional), "conversations": [{from, value}]}."""
     try:
-        entries = json.loads(files.read_bytes(path))
+        entries = json.loads(storage.read_bytes(path))
     except json.JSONDecodeError as exc:
         yield Bad("sft", path, BAD_JSON, f"{path}: {exc}")
         return
@@ -264,7 +265,7 @@ def read_llava(path: str, options: ReadOptions = ReadOptions()) -> Iterator[Item
     if not isinstance(entries, list):
         yield Bad("sft", path, BAD_RECORD, f"{path}: top level must be a list of conversations")
         return
-    root = options.sft_image_root or files.parent(path)
+    root = options.sft_image_root or storage.parent(path)
     for index, entry in enumerate(entries):
         yield _llava_entry(path, index, entry, root)
 
@@ -296,4 +297,4 @@ def _llava_entry(path: str, index: int, entry, root: str) -> Item:
         return Bad("sft", path, BAD_RECORD, f"{key}: {markers} <image> markers for {len(images)} images")
     if not any(t["role"] == "assistant" for t in turns):
         return Bad("sft", path, BAD_RECORD, f"{key}: no assistant turn to learn from")
-    return Record("sft", key, path, turns=turns, images=[files.join(root, i) for i in images])
+    return Record("sft", key, path, turns=turns, images=[storage.join(root, i) for i in images])

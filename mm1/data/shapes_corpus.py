@@ -6,7 +6,8 @@ Layout under `out_dir`:
     text/00000.jsonl          {"text": ...} per line
     sft/00000.json            LLaVA conversations; images under sft/images/00000/ (paths relative to the JSON)
 Each shard is a pure function of (seed, corpus, shard index), so shards can be written in parallel (Ray tasks
-when Ray is initialized) and the corpus is identical either way.
+when Ray is initialized) and the corpus is identical either way. `out_dir` is any mm1.storage location: for an
+object store each task writes its shard on its own disk and uploads it (tasks may run on any node).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mm1 import storage
 from mm1.config import ShapesConfig
 from mm1.data import shapes
 from mm1.data.chat import IMAGE
@@ -159,15 +162,23 @@ WRITERS: dict[str, tuple[Callable, str]] = {
 
 def _write_shard(out_dir: str, corpus: str, shard: int, count: int, cfg: ShapesConfig) -> str:
     writer, ext = WRITERS[corpus]
-    path = Path(out_dir) / corpus / f"{shard:05d}.{ext}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    relative = f"{corpus}/{shard:05d}.{ext}"
     extra = (
         {"turns": (cfg.sft_min_turns, cfg.sft_max_turns), "pool": cfg.sft_questions}
         if corpus == "sft"
         else {}
     )
-    writer(path, _rng(cfg.seed, corpus, shard), count, shard, **extra)
-    return str(path)
+    if not storage.is_remote(out_dir):
+        path = Path(out_dir) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer(path, _rng(cfg.seed, corpus, shard), count, shard, **extra)
+        return str(path)
+    with tempfile.TemporaryDirectory() as tmp:  # the shard (and its SFT images) written here, then uploaded
+        path = Path(tmp) / relative
+        path.parent.mkdir(parents=True)
+        writer(path, _rng(cfg.seed, corpus, shard), count, shard, **extra)
+        storage.copy_tree(str(path.parent), storage.join(out_dir, corpus))
+    return storage.join(out_dir, relative)
 
 
 def _plan(cfg: ShapesConfig) -> list[tuple[str, int, int]]:
@@ -188,19 +199,20 @@ def _plan(cfg: ShapesConfig) -> list[tuple[str, int, int]]:
 
 def write_shapes_corpora(
     out_dir: str | Path, cfg: ShapesConfig, parallel: bool | None = None
-) -> dict[str, list[Path]]:
-    """Generate the Shapes corpora in the real formats; returns corpus -> shard paths.
+) -> dict[str, list[str]]:
+    """Generate the Shapes corpora in the real formats; returns corpus -> shard locations.
 
     `parallel=None` uses Ray tasks when Ray is initialized (shards are independent). A folder that already
     holds this exact configuration (its `shapes.json` matches) is reused, not rewritten.
     """
-    out = Path(out_dir)
+    out = storage.absolute(str(out_dir))
     plan = _plan(cfg)
-    manifest = out / MANIFEST
+    manifest = storage.join(out, MANIFEST)
     wanted = {"version": 1, "config": asdict(cfg)}
-    if manifest.exists() and json.loads(manifest.read_text()).get("identity") == wanted:
-        return {k: [Path(p) for p in v] for k, v in json.loads(manifest.read_text())["files"].items()}
-    out.mkdir(parents=True, exist_ok=True)
+    if storage.is_file(manifest):
+        previous = json.loads(storage.read_text(manifest))
+        if previous.get("identity") == wanted:
+            return previous["files"]
     if parallel is None:
         import ray
 
@@ -209,14 +221,13 @@ def write_shapes_corpora(
         import ray
 
         task = ray.remote(num_cpus=1)(_write_shard)
-        paths = ray.get([task.remote(str(out), c, s, n, cfg) for c, s, n in plan])
+        paths = ray.get([task.remote(out, c, s, n, cfg) for c, s, n in plan])
     else:
-        paths = [_write_shard(str(out), c, s, n, cfg) for c, s, n in plan]
-    result: dict[str, list[Path]] = {c: [] for c in WRITERS}
+        paths = [_write_shard(out, c, s, n, cfg) for c, s, n in plan]
+    result: dict[str, list[str]] = {c: [] for c in WRITERS}
     for (corpus, _, _), path in zip(plan, paths, strict=True):
-        result[corpus].append(Path(path))
-    files = {k: [str(p) for p in v] for k, v in result.items()}
-    manifest.write_text(json.dumps({"identity": wanted, "files": files}, indent=1))
+        result[corpus].append(path)
+    storage.write_text(manifest, json.dumps({"identity": wanted, "files": result}, indent=1))
     return result
 
 

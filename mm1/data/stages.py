@@ -5,16 +5,15 @@ transformers until the tokenize stage needs it). See mm1.data.ingest for the dri
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from mm1 import storage
 from mm1.data.readers import ReadOptions, load_file
 from mm1.data.records import SOURCES, Record
 
@@ -109,7 +108,8 @@ def read_corpora(corpora: dict[str, list[str]], options: ReadOptions) -> ray.dat
 @dataclass(frozen=True)
 class Layout:
     """Where each position of the output stream goes: sections are (first position, count, folder), e.g.
-    pre-training at [0, N) and SFT at [N, N + M); each section is cut into files of `rows_per_file`."""
+    pre-training at [0, N) and SFT at [N, N + M); each section is cut into files of `rows_per_file`.
+    Folders are mm1.storage locations every node can reach."""
 
     sections: tuple[tuple[int, int, str], ...]
     rows_per_file: int = ROWS_PER_FILE
@@ -123,7 +123,7 @@ class Layout:
 
     def final_path(self, part_start: int) -> str:
         start, _, folder = next(s for s in reversed(self.sections) if s[0] <= part_start)
-        return str(Path(folder) / f"part-{part_start:09d}.parquet")
+        return storage.join(folder, f"part-{part_start:09d}.parquet")
 
 
 _POSITIONS: dict[str, dict] = {}
@@ -138,7 +138,7 @@ def _positions(ref) -> dict[str, list[int]]:
 
 
 def _tokenize_and_scatter(
-    batch: pa.Table, tokenizer_dir: str, positions_ref: list, layout: Layout, scratch: str
+    batch: pa.Table, tokenizer: str, positions_ref: list, layout: Layout, scratch: str
 ) -> pa.Table:
     """Tokenize kept records, then write each planned copy into a fragment of its output file.
 
@@ -147,7 +147,7 @@ def _tokenize_and_scatter(
     """
     from mm1.data.samples import cached_tokenizer, encode_record  # transformers: only this stage needs it
 
-    tokenizer = cached_tokenizer(tokenizer_dir)
+    tokenizer = cached_tokenizer(storage.local_copy(tokenizer))  # one download per node
     positions = _positions(positions_ref[0])
     meta, copies = [], []
     for row in batch.select(["source", "key", "reason", "doc", "images"]).to_pylist():
@@ -173,9 +173,10 @@ def _tokenize_and_scatter(
         parts = layout.part_starts(where)
         for part in np.unique(parts):
             rows = np.flatnonzero(parts == part)
-            folder = Path(scratch) / f"{part:09d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table.take(rows), folder / f"{where[rows[0]]:09d}.parquet")
+            fragment = storage.join(scratch, f"{part:09d}", f"{where[rows[0]]:09d}.parquet")
+            fs, path = storage.filesystem(fragment)
+            fs.create_dir(storage.parent(path), recursive=True)
+            pq.write_table(table.take(rows), path, filesystem=fs)
     names = ["source", "key", "n_tokens", "copies"]
     return pa.table([pa.array(c) for c in zip(*meta, strict=True)] if meta else [[]] * 4, names=names)
 
@@ -184,15 +185,20 @@ def _gather(batch: pa.Table, layout: Layout) -> pa.Table:
     """Concatenate one output file's fragments in position order and write it; remove the fragments."""
     files, rows = [], []
     for folder in batch.column("folder").to_pylist():
-        table = pq.read_table(folder)  # all fragments of this part
+        fs, inner = storage.filesystem(folder)
+        table = pq.read_table(inner, filesystem=fs)  # all fragments of this part
         table = table.sort_by("position")
-        part_start = int(Path(folder).name)
+        part_start = int(storage.name(folder))
         path = layout.final_path(part_start)
+        target_fs, target = storage.filesystem(path)
         # Row groups of ROW_GROUP_ROWS: the training loader's unit of work (one Ray task per row group).
         pq.write_table(
-            table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA), path, row_group_size=ROW_GROUP_ROWS
+            table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA),
+            target,
+            row_group_size=ROW_GROUP_ROWS,
+            filesystem=target_fs,
         )
-        shutil.rmtree(folder)
+        storage.remove_tree(folder)
         files.append(path)
         rows.append(table.num_rows)
     return pa.table({"file": files, "rows": pa.array(rows, pa.int64())})
@@ -200,27 +206,27 @@ def _gather(batch: pa.Table, layout: Layout) -> pa.Table:
 
 def tokenize_mix_write(
     verified: ray.data.Dataset,
-    tokenizer_dir: str,
+    tokenizer: str,
     positions: dict[str, list[int]],
     layout: Layout,
-    scratch: Path,
+    scratch: str,
 ) -> tuple[pa.Table, list[str]]:
     """Two map stages and no Ray shuffle: (1) tokenize and scatter each planned copy into a fragment of
     its output file, (2) one task per output file gathers its fragments in position order.
 
     Returns per-record metadata (source, key, n_tokens, copies) and the written files. Ray's all-to-all
     `sort` would do the same, but took 1-9 s on 2 cores for a few MB; a file shuffle of this size is cheap.
+    `tokenizer` (a saved tokenizer's folder) and `scratch` are mm1.storage locations every node can reach.
     """
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(parents=True)
+    storage.remove_tree(scratch)
+    storage.make_dirs(scratch)
     positions_ref = [ray.put(positions)]  # in a list, so Ray does not resolve it before the UDF runs
     meta_ds = verified.map_batches(
         _tokenize_and_scatter,
         batch_size=CHUNK_ROWS,
         batch_format="pyarrow",
         fn_kwargs={
-            "tokenizer_dir": tokenizer_dir,
+            "tokenizer": tokenizer,
             "positions_ref": positions_ref,
             "layout": layout,
             "scratch": str(scratch),
@@ -228,7 +234,7 @@ def tokenize_mix_write(
     )
     tables = list(meta_ds.iter_batches(batch_size=None, batch_format="pyarrow"))
     meta = pa.concat_tables([t for t in tables if t.num_rows]) if tables else None
-    folders = sorted(str(p) for p in scratch.iterdir())
+    folders = storage.list_dirs(scratch)
     written: list[str] = []
     if folders:
         parts = ray.data.from_items([{"folder": f} for f in folders], override_num_blocks=len(folders))
@@ -236,7 +242,7 @@ def tokenize_mix_write(
             _gather, batch_size=1, batch_format="pyarrow", fn_kwargs={"layout": layout}
         )
         written = sorted(r["file"] for r in gathered.take_all())
-    shutil.rmtree(scratch)
+    storage.remove_tree(scratch)
     if meta is None:
         meta = pa.table({"source": [], "key": [], "n_tokens": [], "copies": []})
     return meta, written

@@ -12,18 +12,19 @@ VQAv2 (`v2_OpenEnded_mscoco_val2014_questions.json` + `v2_mscoco_val2014_annotat
      becomes `yes_no` so metric names keep one slash: `vqav2/yes_no`). VQAv2 names no file, so the image is
      found in `images_dir` by the number its file name ends with (`COCO_val2014_000000391895.jpg` and
      `391895.png` both hold image 391895).
-Items hold image *paths* (not bytes): the evaluation actors read them, so the folders must be visible to
-every Ray node (local runs, or a shared volume). Anything missing or malformed fails here, naming the file
+Items hold image *locations* (not bytes): the evaluation actors read them through mm1.storage, so files and
+folders may be local (visible to every Ray node: local runs, a shared volume) or on an object store (s3://). Anything missing or malformed fails here, naming the file
 and the offending entries, rather than scoring a partial benchmark.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
-from pathlib import Path
 from typing import Any
 
+from mm1 import storage
 from mm1.eval.items import EvalItem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -36,7 +37,7 @@ class BenchmarkFileError(ValueError):
 
 def _load_json(path: str, what: str, key: str) -> list[dict[str, Any]]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(storage.read_text(path))
     except OSError as exc:
         raise BenchmarkFileError(f"cannot read the {what} file {path}: {exc}") from None
     except json.JSONDecodeError as exc:
@@ -56,8 +57,9 @@ def _field(entry: Any, name: str, path: str, index: int, kind: type | tuple[type
     return entry[name]
 
 
-def _require_images(paths: dict[str, Path], folder: str, what: str) -> None:
-    missing = sorted(k for k, p in paths.items() if not p.is_file())
+def _require_images(paths: dict[str, str], folder: str, what: str) -> None:
+    present = set(storage.list_files(folder, recursive=True))  # one listing, not one request per image
+    missing = sorted(k for k, p in paths.items() if p not in present)
     if missing:
         raise BenchmarkFileError(
             f"{len(missing)} {what} image(s) are not in {folder}: e.g. {[str(paths[k]) for k in missing[:3]]}"
@@ -81,25 +83,25 @@ def read_coco_captions(annotations: str, images_dir: str) -> list[EvalItem]:
         refs.setdefault(image_id, []).append(_field(entry, "caption", annotations, i, str))
     if not refs:
         raise BenchmarkFileError(f"{annotations}: no captions to evaluate")
-    paths = {str(i): Path(images_dir) / files[i] for i in refs}
+    paths = {str(i): storage.join(storage.absolute(images_dir), files[i]) for i in refs}
     _require_images(paths, images_dir, "COCO")
     return [EvalItem(str(i), str(paths[str(i)]), "", tuple(refs[i]), "caption") for i in sorted(refs)]
 
 
-def index_images(images_dir: str) -> dict[int, Path]:
-    """Image id -> file, by the number each image file's name ends with."""
-    folder = Path(images_dir)
-    if not folder.is_dir():
+def index_images(images_dir: str) -> dict[int, str]:
+    """Image id -> file location, by the number each image file's name ends with."""
+    if not storage.is_dir(images_dir):
         raise BenchmarkFileError(f"image folder {images_dir} does not exist")
-    index: dict[int, Path] = {}
-    for path in sorted(folder.iterdir()):
-        match = _TRAILING_NUMBER.search(path.stem)
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not match:
+    index: dict[int, str] = {}
+    for path in storage.list_files(images_dir):
+        stem, suffix = posixpath.splitext(storage.name(path))
+        match = _TRAILING_NUMBER.search(stem)
+        if suffix.lower() not in IMAGE_SUFFIXES or not match:
             continue
         image_id = int(match.group(1))
         if image_id in index:
             raise BenchmarkFileError(
-                f"{images_dir}: {index[image_id].name} and {path.name} both hold image {image_id}"
+                f"{images_dir}: {storage.name(index[image_id])} and {storage.name(path)} both hold image {image_id}"
             )
         index[image_id] = path
     return index

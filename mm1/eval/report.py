@@ -28,7 +28,7 @@ sweep key moved the selected metric most); step wall times; and warnings about a
       "step_times": {"ingest": 12.5, "pretrain": 310.2, ...}          # optional: wall seconds per step
     }
 
-Metrics files are local paths or pyarrow filesystem URIs (s3://...). A resumed run may log a step twice;
+Metrics files are mm1.storage locations (local paths or object-store URIs). A resumed run may log a step twice;
 the last row wins. A truncated last line (a killed writer) is skipped with a warning; any other bad line is
 an error naming the file and line.
 
@@ -53,6 +53,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mm1 import storage
 from mm1.eval.select import CandidateResult, Winner, select_winner
 from mm1.eval.table import Table, fmt, metric_table, per_type_table
 
@@ -77,19 +78,9 @@ class AblationKey:
 # ---- metrics files ---------------------------------------------------------------------------------------
 
 
-def _read_text(path: str) -> str:
-    if "://" in path:  # a pyarrow filesystem URI, as run directories may be (s3://, gs://, ...)
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as stream:
-            return stream.read().decode()
-    return Path(path).read_text()
-
-
 def read_metrics_file(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a metrics JSON-lines file (last row per (stage, step) wins) and warnings about it."""
-    lines = _read_text(str(path)).splitlines()
+    lines = storage.read_text(str(path)).splitlines()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     warnings: list[str] = []
     for number, line in enumerate(lines, start=1):

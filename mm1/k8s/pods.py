@@ -1,18 +1,19 @@
 """Pod templates for Ray heads, workers and the job submitter, rendered from the workflow's cluster section.
 
 Every pod runs as the image's non-root `ray` user, carries the Ray auth token by Secret reference (never a
-literal), mounts the runs PVC (or gets object-store credentials from a Secret) and, for the RayJob, the
-workflow file from its ConfigMap.
+literal), mounts the runs PVC (or, for an s3:// root, reads the object-store keys from a Secret by reference)
+and, for the RayJob, the workflow file from its ConfigMap.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from mm1.config import NodeGroup, Toleration, Workflow
-from mm1.workflow.rundir import is_remote
+from mm1.config import ClusterConfig, NodeGroup, Toleration, Workflow
+from mm1.storage import is_remote, scheme
 from services.ingress import cluster_env
 
 # rayproject/ray images run as `ray`: uid 1000, primary group `users` (gid 100).
@@ -33,8 +34,13 @@ HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 SUBMITTER_CONTAINER = "ray-job-submitter"
 
+# Keys of the object-store Secret (cluster.storage_secret); each becomes the variable of the same name.
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_SECRET_KEYS = ("AWS_SESSION_TOKEN",)  # temporary credentials only
+
 _OPERATORS = ("Exists", "Equal")
 GROUP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -49,14 +55,43 @@ class Storage:
     root: str  # storage.root inside the pods
     pvc: str  # claim mounted at `mount` ("" for object storage)
     mount: str
-    secret: str  # Secret whose keys become env vars (object-store credentials); "" for none
+    env: tuple[dict[str, Any], ...] = ()  # object-store keys (Secret references), endpoint and region
+
+
+def _secret_var(name: str, secret: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": name}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def s3_env(cluster: ClusterConfig) -> tuple[dict[str, Any], ...]:
+    """What pyarrow's S3 filesystem (and so Ray Train's storage_path) reads: the keys by Secret reference only
+    (a missing Secret stops the pod from starting, loudly), the endpoint and region as plain values."""
+    env: list[dict[str, Any]] = []
+    secret = cluster.storage_secret
+    if secret:
+        if not SECRET_NAME.fullmatch(secret) or len(secret) > 253:
+            raise RenderError(
+                f"cluster.storage_secret: '{secret}' is not a valid Secret name (a DNS subdomain)"
+            )
+        env += [_secret_var(key, secret) for key in S3_SECRET_KEYS]
+        env += [_secret_var(key, secret, optional=True) for key in S3_OPTIONAL_SECRET_KEYS]
+    if cluster.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": cluster.s3_endpoint})
+    if cluster.s3_region:
+        # AWS_REGION for pyarrow (Arrow's AWS SDK), AWS_DEFAULT_REGION for boto3 and the aws CLI.
+        env += [{"name": n, "value": cluster.s3_region} for n in ("AWS_REGION", "AWS_DEFAULT_REGION")]
+    return tuple(env)
 
 
 def storage_for(wf: Workflow) -> Storage:
-    """A local storage.root can only mean the runs PVC on Kubernetes; an object-store URI is kept as is."""
+    """A local storage.root can only mean the runs PVC on Kubernetes; an object-store URI is kept as is, and
+    nothing of the run lives on a pod's own disk, so a replacement head finds it all."""
     cluster = wf.cluster
     if is_remote(wf.storage.root):
-        return Storage(wf.storage.root, "", cluster.storage_mount, cluster.storage_secret)
+        env = s3_env(cluster) if scheme(wf.storage.root) == "s3" else ()
+        return Storage(wf.storage.root, "", cluster.storage_mount, env)
     if not cluster.pvc:
         raise RenderError(
             f"cluster.pvc: storage.root '{wf.storage.root}' is a local path, which on Kubernetes means a "
@@ -64,7 +99,7 @@ def storage_for(wf: Workflow) -> Storage:
         )
     if not cluster.storage_mount.startswith("/"):
         raise RenderError(f"cluster.storage_mount: '{cluster.storage_mount}' must be an absolute path")
-    return Storage(cluster.storage_mount, cluster.pvc, cluster.storage_mount, cluster.storage_secret)
+    return Storage(cluster.storage_mount, cluster.pvc, cluster.storage_mount)
 
 
 def cpu_quantity(cpus: float, key: str) -> str:
@@ -170,14 +205,22 @@ def _volumes(ctx: PodContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return volumes, mounts
 
 
-def _env_from(ctx: PodContext) -> list[dict[str, Any]]:
-    # Object-store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...) by reference.
-    return [{"secretRef": {"name": ctx.storage.secret}}] if ctx.storage.secret else []
-
-
 def ingress_env(ctx: PodContext) -> list[dict[str, Any]]:
     """Serve's HTTP ingress (services.ingress): every Ray process of the cluster reads it when it starts."""
     return [{"name": k, "value": v} for k, v in cluster_env(ctx.wf.deploy.ingress).items()]
+
+
+def container_env(ctx: PodContext, own: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Ray token, ingress, object store (every container, so any of them can read the run folder), the
+    object's extras, then the container's own plain variables."""
+    own_env = [{"name": k, "value": str(v)} for k, v in (own or {}).items()]
+    return (
+        auth_env(ctx.wf.cluster.ray_token_secret)
+        + ingress_env(ctx)
+        + copy.deepcopy(list(ctx.storage.env))  # copies: containers must not share (and alias) one dict
+        + copy.deepcopy(list(ctx.extra_env))
+        + own_env
+    )
 
 
 def container(
@@ -188,18 +231,14 @@ def container(
     mounts: bool = True,
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    own_env = [{"name": k, "value": str(v)} for k, v in (env or {}).items()]
     spec: dict[str, Any] = {
         "name": name,
         "image": ctx.wf.cluster.image,
         "imagePullPolicy": "IfNotPresent",
         "resources": res,
-        "env": auth_env(ctx.wf.cluster.ray_token_secret) + ingress_env(ctx) + list(ctx.extra_env) + own_env,
+        "env": container_env(ctx, env),
         "securityContext": container_security(),
     }
-    env_from = _env_from(ctx)
-    if env_from:
-        spec["envFrom"] = env_from
     if ports:
         spec["ports"] = ports
     volume_mounts = _volumes(ctx)[1] if mounts else []
@@ -226,6 +265,8 @@ def pod_template(
     volumes = _volumes(ctx)[0]
     if volumes:
         spec["volumes"] = volumes
+    if ctx.wf.cluster.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in ctx.wf.cluster.image_pull_secrets]
     if node_selector:
         spec["nodeSelector"] = dict(node_selector)
     if tols:

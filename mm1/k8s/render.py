@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from mm1.config import Workflow, dump, with_overrides
+from mm1.config import ClusterConfig, Workflow, dump, with_overrides
 from mm1.k8s.names import configmap_name, job_name, labels, service_name
 from mm1.k8s.pods import (
     WORKFLOW_DIR,
@@ -66,6 +66,42 @@ def _positive_or_omit(value: int, key: str) -> int | None:
     return value or None
 
 
+def job_lifecycle(cluster: ClusterConfig) -> dict[str, Any]:
+    """Retries, deadlines and clean-up of the RayJob. A retry (backoffLimit) deletes the RayCluster and runs the
+    same entrypoint on a new one; since the run folder is on the PVC or the object store, never on the head's
+    disk, the rerun skips finished steps and training resumes from its last checkpoint. KubeRay does not retry
+    a deadline that ran out; the deadlines count per attempt."""
+    if cluster.backoff_limit < 0:
+        raise RenderError(
+            f"cluster.backoff_limit: must be >= 0 (0 = no retries), got {cluster.backoff_limit}"
+        )
+    fields: dict[str, Any] = {
+        "shutdownAfterJobFinishes": cluster.shutdown_after_job_finishes,
+        "backoffLimit": cluster.backoff_limit,
+    }
+    ttl = cluster.ttl_seconds_after_finished
+    if ttl < 0:
+        raise RenderError(f"cluster.ttl_seconds_after_finished: must be >= 0 (0 = at once), got {ttl}")
+    if ttl and not cluster.shutdown_after_job_finishes:
+        raise RenderError(
+            "cluster.ttl_seconds_after_finished: KubeRay only allows it with shutdown_after_job_finishes: true"
+        )
+    if ttl:
+        fields["ttlSecondsAfterFinished"] = ttl
+    deadlines = {
+        "activeDeadlineSeconds": ("cluster.active_deadline_seconds", cluster.active_deadline_seconds),
+        "preRunningDeadlineSeconds": (
+            "cluster.pre_running_deadline_seconds",
+            cluster.pre_running_deadline_seconds,
+        ),
+    }
+    for field, (key, value) in deadlines.items():
+        seconds = _positive_or_omit(value, key)
+        if seconds:
+            fields[field] = seconds
+    return fields
+
+
 def ray_cluster_spec(
     ctx: PodContext, serve_port: int | None = None, autoscale: bool = False
 ) -> dict[str, Any]:
@@ -107,10 +143,12 @@ def render_job(wf: Workflow, workflow_yaml: str) -> list[dict[str, Any]]:
         "data": {WORKFLOW_FILE: dump(effective), SOURCE_FILE: workflow_yaml},
     }
     ctx = PodContext(wf, storage, labels(wf.name, "ray"), workflow_configmap=cm_name)
+    # The entrypoint and the mounted file are the same for every render and every attempt (no timestamps, no
+    # fixed jobId: KubeRay makes a fresh submission id per attempt), so a retry or a resubmit reruns exactly this.
     spec: dict[str, Any] = {
         "entrypoint": ENTRYPOINT,
         "submissionMode": "K8sJobMode",
-        "shutdownAfterJobFinishes": cluster.shutdown_after_job_finishes,
+        **job_lifecycle(cluster),
         # Shown by `ray job list` and the dashboard, as for `mm1 submit --address`.
         "metadata": {
             "workflow": wf.name,
@@ -120,17 +158,6 @@ def render_job(wf: Workflow, workflow_yaml: str) -> list[dict[str, Any]]:
         "rayClusterSpec": ray_cluster_spec(ctx),
         "submitterPodTemplate": submitter_template(ctx),
     }
-    deadlines = {
-        "activeDeadlineSeconds": ("cluster.active_deadline_seconds", cluster.active_deadline_seconds),
-        "preRunningDeadlineSeconds": (
-            "cluster.pre_running_deadline_seconds",
-            cluster.pre_running_deadline_seconds,
-        ),
-    }
-    for field, (key, value) in deadlines.items():
-        seconds = _positive_or_omit(value, key)
-        if seconds:
-            spec[field] = seconds
     rayjob = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -224,7 +251,11 @@ def render_all(wf: Workflow, workflow_yaml: str, checkpoint_uri: str | None = No
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the workflow file, serveConfigV2) as readable `|` blocks."""
+    """Multi-line strings (the workflow file, serveConfigV2) as readable `|` blocks; no anchors/aliases, so
+    each container reads whole on its own."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

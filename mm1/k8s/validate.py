@@ -185,6 +185,22 @@ def _serve_config_errors(where: str, text: Any) -> list[str]:
     return []
 
 
+def _retry_rules(where: str, spec: dict[str, Any], mode: str) -> list[str]:
+    """backoffLimit as the operator's ValidateRayJobSpec reads it (KubeRay v1.7.0): each retry needs a cluster
+    of its own and a fresh submission."""
+    limit = spec.get("backoffLimit")
+    if not isinstance(limit, int) or limit == 0:
+        return []  # absent, zero or the wrong type (the schema reports that)
+    path = f"{where} $.spec.backoffLimit"
+    if limit < 0:
+        return [f"{path}: must be >= 0, got {limit}"]
+    if mode == "InteractiveMode":
+        return [f"{path}: retries are not allowed in InteractiveMode"]
+    if spec.get("clusterSelector"):
+        return [f"{path}: retries are not allowed with clusterSelector (an existing RayCluster)"]
+    return []
+
+
 def _kuberay_errors(obj: dict[str, Any]) -> list[str]:
     where, kind, spec = _where(obj), obj.get("kind"), obj.get("spec") or {}
     errors = []
@@ -205,6 +221,7 @@ def _kuberay_errors(obj: dict[str, Any]) -> list[str]:
             errors.append(
                 f"{where} $.spec.ttlSecondsAfterFinished: only allowed with shutdownAfterJobFinishes: true"
             )
+        errors += _retry_rules(where, spec, mode)
     elif kind == "RayService":
         errors += _cluster_rules(where, "$.spec.rayClusterConfig", spec.get("rayClusterConfig") or {})
         errors += _serve_config_errors(where, spec.get("serveConfigV2"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mm1 import storage
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import PROCESSOR_FILE, MM1Processor
 
@@ -33,8 +34,9 @@ def _default_dtype(device: str) -> torch.dtype:
 def load_for_inference(
     path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[MM1ForConditionalGeneration, MM1Processor]:
-    """Load a checkpoint directory written by `save_for_inference`, in eval mode, on `device`."""
-    path = Path(path)
+    """Load a checkpoint directory written by `save_for_inference`, in eval mode, on `device`. `path` is any
+    mm1.storage location: a folder on an object store (s3://...) is copied to this machine once."""
+    path = Path(storage.local_copy(str(path)))
     for name in ("config.json", PROCESSOR_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not an MM1 checkpoint directory: {name} is missing")

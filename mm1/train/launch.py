@@ -12,13 +12,12 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from mm1 import storage
 from mm1.config import TrainConfig
 from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR
 from mm1.train.loop import train_loop_per_worker
@@ -46,6 +45,8 @@ def build_trainer(
     seq_len: int,
     init_checkpoint: str | None = None,
     metrics_path: str | None = None,
+    run: str = "",
+    candidate: str = "",
     train_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
 ) -> TorchTrainer:
     """The TorchTrainer of one stage; `train_fn` wraps or replaces the loop (the benchmark times it)."""
@@ -58,6 +59,8 @@ def build_trainer(
         "init_checkpoint": init_checkpoint,
         "seq_len": seq_len,
         "metrics_path": metrics_path,
+        "run": run or run_name,  # Prometheus tags (mm1/metrics.py): the workflow's run, and the candidate
+        "candidate": candidate,
     }
     return TorchTrainer(
         train_fn,
@@ -91,6 +94,8 @@ def fit_stage(
     seq_len: int,
     init_checkpoint: str | None = None,
     metrics_path: str | None = None,
+    run: str = "",
+    candidate: str = "",
 ) -> StageOutcome:
     """Run (or resume) one stage to `stage.steps`; returns what storage holds, not what memory says."""
     build_trainer(**locals()).fit()
@@ -99,30 +104,17 @@ def fit_stage(
 
 def collect_outcome(storage_path: str, run_name: str) -> StageOutcome:
     """Read the run's checkpoints from storage (local or remote) rather than trusting in-memory results."""
-    fs, base = (
-        pafs.FileSystem.from_uri(storage_path)
-        if "://" in storage_path
-        else (pafs.LocalFileSystem(), storage_path)
-    )
-    run_path = f"{base.rstrip('/')}/{run_name}"
-    infos = fs.get_file_info(pafs.FileSelector(run_path, allow_not_found=True))
+    run_path = storage.join(storage.absolute(storage_path), run_name)
     found = []
-    for info in infos:
-        match = _CHECKPOINT_DIR.search(info.base_name)
-        if info.type == pafs.FileType.Directory and match:
-            found.append((int(match.group(1)), info.path))
+    for folder in storage.list_dirs(run_path):
+        match = _CHECKPOINT_DIR.search(storage.name(folder))
+        if match:
+            found.append((int(match.group(1)), folder))
     found.sort()
-    checkpoints = [{"step": step, "uri": _uri(storage_path, f"{path}/{MODEL_DIR}")} for step, path in found]
+    checkpoints = [{"step": step, "uri": storage.join(folder, MODEL_DIR)} for step, folder in found]
     history: list[dict[str, Any]] = []
     if found:
         with contextlib.suppress(FileNotFoundError, OSError):
-            with fs.open_input_stream(f"{found[-1][1]}/{METRICS_FILE}") as stream:
-                history = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
-    return StageOutcome(_uri(storage_path, run_path), checkpoints, history)
-
-
-def _uri(storage_path: str, path: str) -> str:
-    if "://" in storage_path:
-        scheme = storage_path.split("://", 1)[0]
-        return f"{scheme}://{path}"
-    return str(Path(path))
+            text = storage.read_text(storage.join(found[-1][1], METRICS_FILE))
+            history = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return StageOutcome(run_path, checkpoints, history)

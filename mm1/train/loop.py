@@ -14,6 +14,8 @@ A metric row (one per step, global over all workers):
     compute_fraction (of the step time: waiting for batches, in train_step; the rest is reporting),
     step_time_s (since the previous step ended, so reporting and checkpointing count against throughput),
     time (unix), workers, peak_memory_mb (rank 0).
+At every logged step each worker also exports its row's figures as Prometheus gauges (mm1_train_*, tagged
+with the workflow run, stage, candidate and worker rank; mm1/metrics.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from mm1 import metrics, storage
 from mm1.train.checkpoint import MODEL_DIR, load_history, load_optimizer, load_train_state, save_checkpoint
 from mm1.train.data_position import DataPosition, micro_batches
 from mm1.train.mfu import device_peak_flops, flops_model, mfu
@@ -43,15 +46,15 @@ def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
 
     if checkpoint_dir is not None:
         source = checkpoint_dir / MODEL_DIR
-    elif cfg.get("init_checkpoint"):
-        source = Path(cfg["init_checkpoint"])
+    elif cfg.get("init_checkpoint"):  # the previous stage's checkpoint, wherever storage keeps it
+        source = Path(storage.local_copy(cfg["init_checkpoint"]))
     else:
         source = None
     if source is not None:
         return MM1ForConditionalGeneration.from_pretrained(source), MM1Processor.from_pretrained(source)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(storage.local_copy(cfg["tokenizer_dir"]))
     m = cfg["model"]
     model = build_mm1(
         m["preset"],
@@ -192,6 +195,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         is_checkpoint = step % stage["checkpoint_every"] == 0 or step == stage["steps"]
         if not (is_checkpoint or step % stage["log_every"] == 0):
             continue
+        _export(cfg, rank, row)
         if is_checkpoint:
             train_state = {"step": step, "data_position": position.to_state()}
             _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history)
@@ -203,6 +207,11 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
                 f"tok/s {row['tokens_per_s']:.0f} wait {row['data_wait_fraction']:.1%}",
                 flush=True,
             )
+
+
+def _export(cfg: dict[str, Any], rank: int, row: dict[str, Any]) -> None:
+    """This worker's figures to Prometheus (mm1_train_*), before the report that may wait on a checkpoint."""
+    metrics.train_progress(cfg.get("run", ""), cfg["stage"], cfg.get("candidate", ""), rank, row)
 
 
 def _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from mm1 import storage
 from mm1.config import Workflow
-from mm1.workflow.rundir import is_remote
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -61,7 +61,7 @@ def submit_job(
     """Submit the workflow as a Ray Job; returns the submission id."""
     overrides = list(overrides)
     root = wf.storage.root
-    if not is_remote(root) and not Path(root).is_absolute():
+    if not storage.is_uri(root) and not Path(root).is_absolute():
         # A relative root would land in the job's temporary working_dir; pin it to this machine's path,
         # which must be shared storage on a multi-host cluster.
         root = str(Path(root).resolve())
@@ -77,7 +77,7 @@ def submit_job(
             "deploy.keep_serving=false",
         ]
     )
-    run_dir = f"{root.rstrip('/')}/{wf.run_name}"
+    run_dir = storage.join(root, wf.run_name)
     job_client = client(address)
     job_client.submit_job(
         entrypoint=entrypoint,

@@ -1,9 +1,11 @@
-"""The run directory: one folder per run, one subfolder per step, on a local disk or any pyarrow filesystem.
+"""The run directory: one folder per run, one subfolder per step, on a local disk or an object store.
 
-Steps write into a local folder (`local_step_dir`); for a local root that folder *is* the run directory, for a
-remote root (s3://, gs://, ...) it is a staging copy that `publish` uploads once the step has finished and
-`fetch` downloads for a later step (or a later machine). Manifests are read and written through pyarrow so
-`mm1 status` works on either.
+`uri` is where the run lives (a local path, or an mm1.storage URI such as s3://bucket/runs/<run>). What a
+step writes on the driver goes into `local_step_dir`: for a local root that folder *is* the step's folder,
+for a remote root a staging copy on the driver's disk that `publish` uploads once the step has finished. What
+Ray tasks on other nodes write or read goes straight to `step_uri` (never to the driver's staging disk), and
+what a step hands on records locations under `uri`, so a later step, a later driver or a fresh head node
+reads them from storage, not from a disk it may not have.
 """
 
 from __future__ import annotations
@@ -14,35 +16,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
-STAGING_ROOT = Path(os.environ.get("MM1_STAGING_DIR", Path.home() / ".cache" / "mm1" / "staging"))
+from mm1 import storage
 
 
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+def staging_root() -> Path:
+    """The driver's staging disk for remote run folders (read when used: a test or a job may set it)."""
+    configured = os.environ.get("MM1_STAGING_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "mm1" / "staging"
 
 
 class RunDir:
     def __init__(self, root: str, run_name: str):
         self.run_name = run_name
-        if is_remote(root):
-            self.fs, base = pafs.FileSystem.from_uri(root.rstrip("/"))
-            self.path = f"{base}/{run_name}"
-            self.uri = f"{root.rstrip('/')}/{run_name}"
-            self.local_root = STAGING_ROOT / run_name
-        else:
-            local = Path(root.removeprefix("file://")).expanduser().resolve() / run_name
-            self.fs, self.path, self.uri, self.local_root = (
-                pafs.LocalFileSystem(),
-                str(local),
-                str(local),
-                local,
-            )
-        self.remote = is_remote(root)
+        self.uri = storage.join(storage.absolute(root), run_name)
+        self.remote = storage.is_remote(root)
+        self.local_root = staging_root() / run_name if self.remote else Path(self.uri)
 
     def step_uri(self, step: str) -> str:
-        return f"{self.uri}/{step}"
+        return storage.join(self.uri, step)
 
     def local_step_dir(self, step: str) -> Path:
         path = self.local_root / step
@@ -50,41 +41,30 @@ class RunDir:
         return path
 
     def reset_step(self, step: str) -> Path:
-        """Empty a step's folder before it runs again; its checkpoints (under `keep`) are the caller's business."""
+        """Empty a step's folder (and its remote copy) before it runs again; training steps, whose folders
+        hold the checkpoints they resume from, do not call this."""
         path = self.local_root / step
         if path.exists():
             shutil.rmtree(path)
+        if self.remote:
+            storage.remove_tree(self.step_uri(step))
         path.mkdir(parents=True)
         return path
 
     def publish(self, step: str) -> None:
+        """Upload what the driver wrote for `step` (a no-op for a local root: it is already there)."""
         if self.remote:
-            pafs.copy_files(
-                str(self.local_root / step), f"{self.path}/{step}", destination_filesystem=self.fs
-            )
-
-    def fetch(self, step: str) -> Path:
-        local = self.local_root / step
-        if self.remote and not (local / "manifest.json").exists():
-            pafs.copy_files(f"{self.path}/{step}", str(local), source_filesystem=self.fs)
-        return local
+            storage.copy_tree(str(self.local_root / step), self.step_uri(step))
 
     def read_json(self, relative: str) -> dict[str, Any] | None:
         try:
-            with self.fs.open_input_stream(f"{self.path}/{relative}") as stream:
-                return json.loads(stream.read().decode())
+            return json.loads(storage.read_text(storage.join(self.uri, relative)))
         except (FileNotFoundError, OSError, json.JSONDecodeError):
             return None
 
     def write_json(self, relative: str, data: dict[str, Any]) -> None:
-        """Write atomically on local disks (tmp + rename) so a killed run never leaves half a manifest."""
-        text = json.dumps(data, indent=2, default=str)
-        if self.remote:
-            with self.fs.open_output_stream(f"{self.path}/{relative}") as stream:
-                stream.write(text.encode())
-            return
-        target = Path(self.path) / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, target)
+        """Atomic on either kind of storage, so a killed run never leaves half a manifest."""
+        storage.write_text(storage.join(self.uri, relative), json.dumps(data, indent=2, default=str))
+
+    def write_text(self, relative: str, text: str) -> None:
+        storage.write_text(storage.join(self.uri, relative), text)

@@ -27,9 +27,14 @@ Log = Callable[[str], None]
 class StepContext:
     wf: Workflow
     rundir: RunDir
-    out: Path  # the step's local folder
+    out: Path  # the step's folder on the driver's disk (a staging copy when the run folder is remote)
     upstream: dict[str, dict[str, Any]]  # manifests of every step that ran before, by name
     log: Log
+
+    @property
+    def out_uri(self) -> str:
+        """The step's folder in the run directory: what Ray tasks write to and what outputs point at."""
+        return self.rundir.step_uri(self.out.name)
 
 
 @dataclass
@@ -79,8 +84,7 @@ def run_workflow(
     rundir.write_json(
         "run.json", {"workflow": wf.name, "run_name": wf.run_name, "uri": rundir.uri, "updated": now()}
     )
-    (rundir.local_root).mkdir(parents=True, exist_ok=True)
-    (rundir.local_root / "workflow.yaml").write_text(dump(wf))
+    rundir.write_text("workflow.yaml", dump(wf))
     config = to_dict(wf)
     manifests: dict[str, dict[str, Any]] = {}
     fingerprints: dict[str, str] = {}
@@ -100,7 +104,6 @@ def run_workflow(
             log(
                 f"[{step.name}] skipped: unchanged since {previous.get('finished')} (fingerprint {fingerprint[:12]})"
             )
-            rundir.fetch(step.name)
             manifests[step.name] = previous
             metrics.step_state(wf.name, step.name, "skipped")
             continue

@@ -11,6 +11,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from mm1 import storage
 from mm1.workflow.fingerprint import stable_hash
 from mm1.workflow.runner import Step, StepContext, StepResult
 from mm1.workflow.sweep import Candidate, candidates
@@ -30,14 +31,12 @@ def image_tokens_per_image(model_cfg: Any) -> int:
 def run_ingest(ctx: StepContext) -> StepResult:
     from mm1.data.ingest import run_ingest as ingest
 
-    stats = ingest(ctx.wf, ctx.out)
+    stats = ingest(ctx.wf, ctx.out, ctx.out_uri)
     headline = {k: stats[k] for k in ("records_kept", "records_dropped", "tokens", "images") if k in stats}
+    # Locations in the run folder, so a training step on any node (or a later driver) can read them.
     return StepResult(
         outputs={
-            "pretrain": str(ctx.out / "pretrain"),
-            "sft": str(ctx.out / "sft"),
-            "tokenizer": str(ctx.out / "tokenizer"),
-            "stats": str(ctx.out / "stats.json"),
+            name: storage.join(ctx.out_uri, name) for name in ("pretrain", "sft", "tokenizer", "stats.json")
         },
         headline=headline,
     )
@@ -76,17 +75,16 @@ def _train_candidates(
     from mm1.train.launch import fit_stage
 
     ingest = ctx.upstream["ingest"]
-    ingest_dir = ctx.rundir.fetch("ingest")
-    shard_dir = str(ingest_dir / ("pretrain" if stage_name == "pretrain" else "sft"))
-    tokenizer_dir = str(ingest_dir / "tokenizer")
-    storage = f"{ctx.rundir.step_uri(stage_name)}/ray"
+    shard_dir = ingest["outputs"][stage_name]
+    tokenizer = ingest["outputs"]["tokenizer"]
+    ray_storage = storage.join(ctx.out_uri, "ray")
     cands = candidates(ctx.wf)
     stage_cfg = getattr(ctx.wf, stage_name)
     cpus = ray.cluster_resources().get("CPU", 1)
     per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
     concurrent = concurrent_runs(len(cands), cpus, per_run)
     ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
-    stats = json.loads((ingest_dir / "stats.json").read_text())
+    stats = json.loads(storage.read_text(ingest["outputs"]["stats.json"]))
     store_budget = ray.cluster_resources().get("object_store_memory", 0) / 4 / concurrent
 
     def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
@@ -97,6 +95,7 @@ def _train_candidates(
         run_name = f"{cand.name}-{_lineage(ctx, stage_name, cand, parent_key)}"
         dataset = build_train_dataset(
             shard_dir,
+            tokenizer=tokenizer,
             image_size=wf.model.image_size,
             image_grid=wf.model.image_grid,
             image_tokens_per_image=image_tokens_per_image(wf.model),
@@ -122,18 +121,23 @@ def _train_candidates(
             f"data.materialize={wf.data.materialize})"
         )
         metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
+        # Rank 0 appends each step's row to a live file only where the driver can see it (a local run
+        # folder); the driver writes the checkpoint's history there at the end either way.
+        live_metrics = None if ctx.rundir.remote else str(metrics_path)
         outcome = fit_stage(
             stage_name=stage_name,
             stage=stage,
             label=f"{stage_name}:{cand.name}",
             run_name=run_name,
-            storage_path=storage,
+            storage_path=ray_storage,
             dataset=dataset,
             model_cfg=dataclasses.asdict(wf.model),
-            tokenizer_dir=tokenizer_dir,
+            tokenizer_dir=tokenizer,
             seq_len=wf.data.seq_len,
             init_checkpoint=parent_entry["checkpoints"][-1]["uri"] if parent_entry else None,
-            metrics_path=str(metrics_path),
+            metrics_path=live_metrics,
+            run=wf.run_name,
+            candidate=cand.name,
         )
         if not outcome.checkpoints or outcome.checkpoints[-1]["step"] != stage.steps:
             raise RuntimeError(
@@ -147,7 +151,7 @@ def _train_candidates(
             "overrides": cand.overrides,
             "run_path": outcome.run_path,
             "checkpoints": outcome.checkpoints,
-            "metrics": str(metrics_path),
+            "metrics": storage.join(ctx.out_uri, "metrics", metrics_path.name),
             "final_loss": outcome.history[-1]["loss"] if outcome.history else None,
             "mean_data_wait_fraction": _mean_tail(outcome.history, "data_wait_fraction"),
             "tokens_per_s": _mean_tail(outcome.history, "tokens_per_s"),

@@ -6,6 +6,7 @@ import io
 import json
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -73,12 +74,12 @@ def test_obelics_documents(corpus):
 
 def test_text_and_sft_files(corpus):
     out, paths = corpus
-    lines = paths["text"][0].read_text().splitlines()
+    lines = Path(paths["text"][0]).read_text().splitlines()
     assert len(lines) == CFG.text_samples and all(json.loads(line)["text"] for line in lines)
-    entries = json.loads(paths["sft"][0].read_text())
+    entries = json.loads(Path(paths["sft"][0]).read_text())
     assert len(entries) == CFG.sft_samples
     for entry in entries:
-        assert (paths["sft"][0].parent / entry["image"]).is_file()  # relative to the JSON
+        assert (Path(paths["sft"][0]).parent / entry["image"]).is_file()  # relative to the JSON
         turns = entry["conversations"]
         assert 2 <= len(turns) <= 6 and len(turns) % 2 == 0
         assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
@@ -104,15 +105,15 @@ def test_same_seed_same_bytes_and_reuse(tmp_path, corpus):
     again = write_shapes_corpora(tmp_path / "again", CFG, parallel=False)
     for source in first:
         for a, b in zip(first[source], again[source], strict=True):
-            assert a.read_bytes() == b.read_bytes()
-    mtime = again["captions"][0].stat().st_mtime_ns
+            assert Path(a).read_bytes() == Path(b).read_bytes()
+    mtime = Path(again["captions"][0]).stat().st_mtime_ns
     write_shapes_corpora(tmp_path / "again", CFG, parallel=False)  # same config: reused, not rewritten
-    assert again["captions"][0].stat().st_mtime_ns == mtime
+    assert Path(again["captions"][0]).stat().st_mtime_ns == mtime
 
 
 def test_shapes_command_scales_the_defaults(tmp_path, capsys):
     result = shapes_command(str(tmp_path), seed=1, scale=0.01)
-    assert len(json.loads(result["sft"][0].read_text())) == 20  # 2000 x 0.01
+    assert len(json.loads(Path(result["sft"][0]).read_text())) == 20  # 2000 x 0.01
     assert "captions" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown"):
         shapes_command(str(tmp_path), colours=3)
@@ -122,7 +123,7 @@ def test_sft_turns_follow_the_configured_range(tmp_path):
     cfg = ShapesConfig(caption_samples=1, interleaved_docs=1, text_samples=1, sft_samples=40, seed=5)
     cfg.sft_min_turns, cfg.sft_max_turns = 5, 7
     paths = write_shapes_corpora(tmp_path, cfg, parallel=False)
-    entries = json.loads(paths["sft"][0].read_text())
+    entries = json.loads(Path(paths["sft"][0]).read_text())
     answered = [len(e["conversations"]) // 2 for e in entries]
     # A scene has 5 to 7 questions, so a draw above the table's size takes the whole table.
     assert min(answered) >= 5 and max(answered) <= 7 and len(set(answered)) > 1
@@ -131,7 +132,7 @@ def test_sft_turns_follow_the_configured_range(tmp_path):
 def test_sft_turns_can_draw_from_every_question(tmp_path):
     cfg = ShapesConfig(caption_samples=1, interleaved_docs=1, text_samples=1, sft_samples=40, seed=5)
     cfg.sft_min_turns, cfg.sft_max_turns, cfg.sft_questions = 8, 12, "every"
-    entries = json.loads(write_shapes_corpora(tmp_path, cfg, parallel=False)["sft"][0].read_text())
+    entries = json.loads(Path(write_shapes_corpora(tmp_path, cfg, parallel=False)["sft"][0]).read_text())
     answered = [len(e["conversations"]) // 2 for e in entries]
     assert max(answered) > 7  # more than the per-type table could give
     questions = [t["value"].removeprefix("<image>\n") for e in entries for t in e["conversations"][::2]]

@@ -43,7 +43,7 @@ def test_images_are_found_by_the_number_their_name_ends_with(tmp_path):
     (tmp_path / "COCO_val2014_000000000042.jpg").write_bytes(b"x")
     (tmp_path / "7.png").write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("not an image")
-    assert {k: p.name for k, p in index_images(str(tmp_path)).items()} == {
+    assert {k: Path(p).name for k, p in index_images(str(tmp_path)).items()} == {
         42: "COCO_val2014_000000000042.jpg",
         7: "7.png",
     }

@@ -76,3 +76,24 @@ def make_workflow(
     """A workflow and the text it was loaded from (what `mm1 submit --k8s` passes along)."""
     text = BASE.format(name=name, root=root, cluster=cluster, deploy=deploy)
     return loads(text, "test.yaml", overrides), text
+
+
+def pod_templates(obj: dict) -> list[dict]:
+    """Every pod template of a RayJob or RayService: head, workers, then the RayJob's submitter."""
+    spec = obj["spec"]
+    cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster.get("workerGroupSpecs", [])
+    ]
+    if "submitterPodTemplate" in spec:
+        templates.append(spec["submitterPodTemplate"])
+    return templates
+
+
+def containers(obj: dict) -> list[dict]:
+    """Every container of every pod template of a RayJob or RayService."""
+    return [box for template in pod_templates(obj) for box in template["spec"]["containers"]]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}

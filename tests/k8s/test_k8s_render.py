@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from k8s_workflows import make_workflow
+from k8s_workflows import env_of, make_workflow, pod_templates
 
 from mm1.config import loads
 from mm1.k8s.names import dns_label, label_value
@@ -20,22 +20,6 @@ from mm1.k8s.render import (
     serve_config,
     service_url,
 )
-
-
-def pods(obj: dict) -> list[dict]:
-    """Every pod template of a RayJob or RayService."""
-    spec = obj["spec"]
-    cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
-    templates = [cluster["headGroupSpec"]["template"]] + [
-        g["template"] for g in cluster.get("workerGroupSpecs", [])
-    ]
-    if "submitterPodTemplate" in spec:
-        templates.append(spec["submitterPodTemplate"])
-    return templates
-
-
-def env_of(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
 
 
 def test_job_is_a_configmap_then_a_rayjob_running_the_mounted_workflow(cpu_workflow):
@@ -61,7 +45,7 @@ def test_effective_workflow_points_runs_at_the_pvc_and_does_not_block_on_serving
     # Everything else is the workflow the user submitted, including command-line overrides.
     assert effective.cluster == wf.cluster and effective.pretrain == wf.pretrain
     assert rayjob["spec"]["metadata"]["run_dir"] == "/mnt/runs/mm1-test"
-    for template in pods(rayjob)[:-1]:  # Ray pods, not the submitter
+    for template in pod_templates(rayjob)[:-1]:  # Ray pods, not the submitter
         spec = template["spec"]
         claim = next(v for v in spec["volumes"] if "persistentVolumeClaim" in v)
         assert claim["persistentVolumeClaim"]["claimName"] == "mm1-runs"
@@ -73,16 +57,6 @@ def test_command_line_overrides_reach_the_cluster():
     wf, text = make_workflow(overrides=("pretrain.steps=7",))
     configmap, _ = render_job(wf, text)
     assert loads(configmap["data"]["workflow.yaml"]).pretrain.steps == 7
-
-
-def test_object_store_root_gets_credentials_from_the_secret_and_no_pvc():
-    wf, text = make_workflow(root="s3://bucket/runs", overrides=("cluster.storage_secret=s3-creds",))
-    configmap, rayjob = render_job(wf, text)
-    assert loads(configmap["data"]["workflow.yaml"]).storage.root == "s3://bucket/runs"
-    for template in pods(rayjob)[:-1]:
-        spec = template["spec"]
-        assert not any("persistentVolumeClaim" in v for v in spec.get("volumes", []))
-        assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
 
 
 def test_local_root_without_a_pvc_is_refused_naming_the_key():
@@ -176,7 +150,7 @@ def test_duplicate_group_names_are_refused():
 def test_every_pod_runs_as_non_root_with_the_service_account(gpu_workflow):
     wf, text = gpu_workflow
     objs = render_all(wf, text, "s3://bucket/mm1-runs/x/select/checkpoint")
-    templates = pods(objs[1]) + pods(objs[2])
+    templates = pod_templates(objs[1]) + pod_templates(objs[2])
     assert len(templates) == 4 + 3
     for template in templates:
         spec = template["spec"]
@@ -199,7 +173,7 @@ def test_ray_token_comes_from_the_secret_in_every_container(gpu_workflow):
     for obj in objs[1:]:
         cluster = obj["spec"].get("rayClusterSpec") or obj["spec"]["rayClusterConfig"]
         assert cluster["authOptions"] == {"mode": "token", "secretName": "ray-auth-token"}
-        for template in pods(obj):
+        for template in pod_templates(obj):
             env = env_of(template["spec"]["containers"][0])
             assert env["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}
             assert env["RAY_AUTH_TOKEN"] == {
@@ -212,7 +186,7 @@ def test_every_ray_container_starts_with_the_deploy_ingress():
     for ingress, flag in (("auto", "1"), ("haproxy", "1"), ("proxy", "0")):
         wf, text = make_workflow(overrides=(f"deploy.ingress={ingress}",))
         for obj in render_all(wf, text, "s3://bucket/x")[1:]:
-            for template in pods(obj):
+            for template in pod_templates(obj):
                 env = env_of(template["spec"]["containers"][0])
                 assert env["RAY_SERVE_ENABLE_HA_PROXY"] == {
                     "name": "RAY_SERVE_ENABLE_HA_PROXY",
@@ -223,7 +197,7 @@ def test_every_ray_container_starts_with_the_deploy_ingress():
 def test_head_env_is_set_on_the_head_only():
     wf, text = make_workflow(overrides=("cluster.head_env={RAY_GRAFANA_HOST: 'http://grafana:3000'}",))
     for obj in render_all(wf, text, "s3://bucket/x")[1:]:
-        head, *others = pods(obj)
+        head, *others = pod_templates(obj)
         assert env_of(head["spec"]["containers"][0])["RAY_GRAFANA_HOST"]["value"] == "http://grafana:3000"
         assert all("RAY_GRAFANA_HOST" not in env_of(t["spec"]["containers"][0]) for t in others)
 
@@ -241,7 +215,7 @@ def test_no_secret_value_is_ever_written_into_the_manifests(gpu_workflow, monkey
     rendered = dump_all(render_all(wf, text, "s3://bucket/x"))
     assert "f" * 40 not in rendered and "a" * 40 not in rendered and "b" * 40 not in rendered
     for doc in yaml.safe_load_all(rendered):
-        for template in pods(doc) if doc["kind"] != "ConfigMap" else []:
+        for template in pod_templates(doc) if doc["kind"] != "ConfigMap" else []:
             for box in template["spec"]["containers"]:
                 for var in box.get("env", []):
                     if var["name"] in ("RAY_AUTH_TOKEN", "MM1_API_KEY"):
@@ -262,7 +236,7 @@ def test_names_and_labels_are_valid_for_kubernetes(gpu_workflow):
         assert labels["app.kubernetes.io/managed-by"] == "mm1"
         assert labels["mm1.io/workflow"] == "MM1_3B-paper-recipe"
         assert obj["metadata"]["namespace"] == "ml"
-    for template in pods(objs[1]):
+    for template in pod_templates(objs[1]):
         assert template["metadata"]["labels"]["mm1.io/workflow"] == "MM1_3B-paper-recipe"
 
 

@@ -91,6 +91,21 @@ def test_a_running_job_is_followed_not_replaced(api_server):
     assert any("kubectl -n ml delete rayjob mm1-test" in line for line in lines)
 
 
+def test_a_job_kuberay_is_retrying_is_followed_through_its_new_attempt(api_server):
+    # After a lost head pod KubeRay retries on a new cluster (backoffLimit); submitting again meanwhile must
+    # not delete that attempt.
+    state, api_client = api_server
+    retrying = {"jobDeploymentStatus": "Retrying", "jobStatus": "RUNNING", "failed": 1}
+    state.objects[JOB_PATH] = {"kind": "RayJob", "metadata": {"name": "mm1-test"}, "status": retrying}
+    state.rayjob_statuses = [retrying, retrying, INITIALIZING, RUNNING, SUCCEEDED]  # checked, then followed
+    status, lines = submit(api_client)
+    assert state.writes() == []
+    assert status["jobStatus"] == "SUCCEEDED"
+    progress = [line for line in lines if line.startswith("RayJob ml/mm1-test:")]
+    assert progress[0] == "RayJob ml/mm1-test: deployment Retrying, job RUNNING"
+    assert progress[-1] == "RayJob ml/mm1-test: deployment Complete, job SUCCEEDED"
+
+
 def test_cluster_without_kuberay_gets_a_clear_error(api_server):
     state, api_client = api_server
     state.serve_kuberay = False

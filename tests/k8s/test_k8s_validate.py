@@ -63,6 +63,9 @@ def test_preRunningDeadlineSeconds_is_a_v1_7_rayjob_field():
     properties = crd_validator("ray.io/v1", "RayJob").schema["properties"]["spec"]["properties"]
     assert properties["preRunningDeadlineSeconds"]["type"] == "integer"
     assert "activeDeadlineSeconds" in properties and "shutdownAfterJobFinishes" in properties
+    # What a resumable job relies on: retries on a new cluster and clean-up after the end.
+    assert properties["backoffLimit"]["type"] == "integer"
+    assert properties["ttlSecondsAfterFinished"]["type"] == "integer"
     assert "authOptions" in properties["rayClusterSpec"]["properties"]
 
 
@@ -101,6 +104,14 @@ BROKEN_JOB = [
         "token auth (authOptions.mode=token) needs rayVersion >= 2.52.0",
     ),
     ("spec.submissionMode", "ShellMode", "$.spec.submissionMode: unknown mode 'ShellMode'"),
+    ("spec.backoffLimit", -1, "$.spec.backoffLimit: must be >= 0, got -1"),
+    ("spec.backoffLimit", "2", "$.spec.backoffLimit: '2' is not of type 'integer'"),
+    ("spec.submissionMode", "InteractiveMode", "backoffLimit: retries are not allowed in InteractiveMode"),
+    (
+        "spec.clusterSelector",
+        {"ray.io/cluster": "shared"},
+        "backoffLimit: retries are not allowed with clusterSelector",
+    ),
     ("spec.entrypoint", " ", "$.spec.entrypoint: empty"),
     ("metadata.name", "x" * 48, "$.metadata.name: KubeRay needs a DNS-1035 label of at most 47"),
     ("metadata.name", "9lives", "$.metadata.name: KubeRay needs a DNS-1035 label"),
