@@ -50,9 +50,10 @@ WORKFLOW = """
 name: bench-train
 data:
   shapes: {{caption_samples: {captions}, interleaved_docs: {docs}, text_samples: {texts}, sft_samples: 10}}
+  vocab_size: 512
+packing:
   seq_len: 256
   max_images: 4
-  vocab_size: 512
 model:
   preset: tiny
   image_size: 64

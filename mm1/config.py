@@ -2,7 +2,7 @@
 
 `load(path, overrides)` reads a workflow YAML file, merges command-line overrides (`pretrain.steps=50`) and
 returns a typed `Workflow`. Every user mistake becomes one `ConfigError` that names the file, the line and the
-key path (see mm1/config_errors.py); nothing here raises a bare traceback for bad input.
+key path (mm1/config_validate.py); nothing here raises a bare traceback for bad input.
 """
 
 from __future__ import annotations
@@ -150,9 +150,6 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     corpora: CorporaConfig = field(default_factory=CorporaConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
-    # Packed sequence length and the most images one packed sequence may hold.
-    seq_len: int = 256
-    max_images: int = 4
     # A Hugging Face tokenizer name or path; empty = train a byte-level BPE on the corpus text.
     tokenizer: str = ""
     vocab_size: int = 512
@@ -160,11 +157,21 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     # Download http(s) image entries of interleaved documents (off: they are counted and skipped).
     download_images: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PackingConfig:
+    """How the training stages pack ingest's samples into rows (read by pretrain and SFT, not by ingest)."""
+
+    # Packed sequence length and the most images one packed sequence may hold.
+    seq_len: int = 256
+    max_images: int = 4
     # Keep a stage's packed rows in Ray's object store after packing them once, so training passes do not
     # re-read, re-pack and re-decode beside the trainer (3% more steps/s measured on 2 CPUs). auto: when
     # the estimated rows fit in a quarter of the object store (shared by the candidates training at once).
+    # How rows are held, not what they are: it enters no fingerprint.
     materialize: str = choice("auto", "auto", "always", "never")
-    seed: int = 0
 
 
 @dataclass
@@ -315,6 +322,7 @@ class Workflow:
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=1e-3, freeze=[]))
@@ -377,10 +385,29 @@ def loads(text: str, source: str = "<workflow>", overrides: Sequence[str] = ()) 
         )
     overridden = apply_overrides(document, overrides, source)
     checker = SchemaChecker(source, lines, overridden)
+    check_moved_keys(document, checker)
     checker.check_dataclass(document, Workflow, "")
     workflow = _to_workflow(document)
     check_semantics(workflow, checker)
     return workflow
+
+
+# Keys that moved to another section: the old spelling gets an error that names the new one.
+MOVED_KEYS = {
+    "data.seq_len": "packing.seq_len",
+    "data.max_images": "packing.max_images",
+    "data.materialize": "packing.materialize",
+}
+
+
+def check_moved_keys(document: dict, checker: SchemaChecker) -> None:
+    sweep = document.get("sweep") if isinstance(document.get("sweep"), dict) else {}
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".", 1)
+        if isinstance(document.get(section), dict) and key in document[section]:
+            checker.fail(old, f"moved to {new}: write it under `{new.split('.')[0]}:`")
+        if old in sweep:
+            checker.fail(f"sweep.{old}", f"moved to {new}: sweep over {new}")
 
 
 def apply_overrides(document: dict, overrides: Sequence[str], source: str) -> dict[str, str]:
@@ -477,8 +504,10 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
             "data.shapes.sft_min_turns",
             f"must be at least 1 and at most sft_max_turns ({turns.sft_max_turns}), got {turns.sft_min_turns}",
         )
-    if wf.data.seq_len < 32:
-        fail("data.seq_len", f"must be at least 32, got {wf.data.seq_len}")
+    if wf.packing.seq_len < 32:
+        fail("packing.seq_len", f"must be at least 32, got {wf.packing.seq_len}")
+    if wf.packing.max_images < 1:
+        fail("packing.max_images", f"must be at least 1, got {wf.packing.max_images}")
     if not 0 <= wf.data.max_bad_fraction <= 1:
         fail("data.max_bad_fraction", f"must be between 0 and 1, got {wf.data.max_bad_fraction}")
     for stage_name in ("pretrain", "sft"):

@@ -102,7 +102,8 @@ def test_object_store_run_on_nodes_that_share_no_disk(cluster, s3_server, tmp_pa
         manifest = json.loads(storage.read_text(f"{run}/{step}/manifest.json"))
         assert manifest["status"] == "done", step
     ingest = json.loads(storage.read_text(f"{run}/ingest/manifest.json"))
-    assert ingest["outputs"]["pretrain"] == f"{run}/ingest/pretrain"
+    [dataset] = ingest["outputs"]["datasets"].values()  # one data section: the step's folder itself
+    assert dataset["pretrain"] == f"{run}/ingest/pretrain"
     assert ingest["headline"]["records_dropped"] == 0 and ingest["headline"]["records_kept"] == 760
     assert storage.list_files(f"{run}/ingest/pretrain", suffix=".parquet")
     winner = json.loads(storage.read_text(f"{run}/select/manifest.json"))["outputs"]["winner"]

@@ -44,7 +44,7 @@ class PackSpec:
         if self.seq_len < self.image_tokens + 2:
             raise ValueError(
                 f"seq_len={self.seq_len} cannot hold one image of {self.image_tokens} tokens plus <s> and a "
-                "token of text: raise data.seq_len or lower the connector's tokens / image_grid"
+                "token of text: raise packing.seq_len or lower the connector's tokens / image_grid"
             )
         if self.max_images < 0:
             raise ValueError(f"max_images must be >= 0, got {self.max_images}")

@@ -7,16 +7,13 @@ same steps on a laptop, a Ray cluster or Kubernetes.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
 # Bump when a step's code changes what it produces, so old manifests stop matching.
-FORMAT_VERSION = 1
-# Settings that change how a step runs, not what it produces: left out of every fingerprint.
-RUN_ONLY_KEYS = ("data.materialize",)
+FORMAT_VERSION = 2
 
 
 def stable_hash(value: Any) -> str:
@@ -24,23 +21,23 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def select_keys(config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    """Pick dotted keys (`data`, `data.seq_len`) out of a nested dict, without the RUN_ONLY_KEYS."""
+    """Pick dotted keys (`data`, `packing.seq_len`) out of a nested dict, plus the sweep's entries under
+    them (a sweep over `data.mixture.captions` is part of what ingest reads; one over `sft.lr` is not)."""
+    keys = list(keys)
     picked: dict[str, Any] = {}
     for key in keys:
         node: Any = config
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        for run_only in RUN_ONLY_KEYS:
-            if run_only.startswith(key + ".") and isinstance(node, dict):
-                node = copy.deepcopy(node)
-                parent = node
-                *path, last = run_only[len(key) + 1 :].split(".")
-                for part in path:
-                    parent = parent.get(part) if isinstance(parent, dict) else None
-                if isinstance(parent, dict):
-                    parent.pop(last, None)
         picked[key] = node
+    swept = {k: v for k, v in (config.get("sweep") or {}).items() if _under(k, keys)}
+    if swept and "sweep" not in keys:
+        picked["sweep entries"] = swept
     return picked
 
 

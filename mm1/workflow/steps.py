@@ -28,18 +28,47 @@ def image_tokens_per_image(model_cfg: Any) -> int:
 # ------------------------------------------------------------------------------------------------ ingest
 
 
+INGEST_OUTPUTS = ("pretrain", "sft", "tokenizer", "stats.json")
+
+
+def data_variants(wf: Any) -> dict[str, tuple[Any, list[str]]]:
+    """The distinct `data` sections among the candidates (a sweep over data.* makes several): a key naming
+    each (a hash of the section) -> (a workflow with it, the candidates that train on it)."""
+    variants: dict[str, tuple[Any, list[str]]] = {}
+    for cand in candidates(wf):
+        key = "data-" + stable_hash(dataclasses.asdict(cand.workflow.data))[:10]
+        variants.setdefault(key, (cand.workflow, []))[1].append(cand.name)
+    return variants
+
+
 def run_ingest(ctx: StepContext) -> StepResult:
+    """One ingest per distinct data section; a single one writes the step's folder itself, several write a
+    subfolder each. Outputs name locations in the run folder, so a training step on any node (or a later
+    driver) reads them: {"datasets": {key: {pretrain, sft, tokenizer, stats.json}}, "candidates": {name: key}}."""
     from mm1.data.ingest import run_ingest as ingest
 
-    stats = ingest(ctx.wf, ctx.out, ctx.out_uri)
-    headline = {k: stats[k] for k in ("records_kept", "records_dropped", "tokens", "images") if k in stats}
-    # Locations in the run folder, so a training step on any node (or a later driver) can read them.
-    return StepResult(
-        outputs={
-            name: storage.join(ctx.out_uri, name) for name in ("pretrain", "sft", "tokenizer", "stats.json")
-        },
-        headline=headline,
-    )
+    variants = data_variants(ctx.wf)
+    datasets: dict[str, dict[str, str]] = {}
+    totals: dict[str, int] = {}
+    for key, (wf, names) in variants.items():
+        out, out_uri = (
+            (ctx.out, ctx.out_uri) if len(variants) == 1 else (ctx.out / key, storage.join(ctx.out_uri, key))
+        )
+        if len(variants) > 1:
+            ctx.log(f"[ingest] {key} for candidate(s) {', '.join(names)}")
+        stats = ingest(wf, out, out_uri)
+        datasets[key] = {name: storage.join(out_uri, name) for name in INGEST_OUTPUTS}
+        for figure in ("records_kept", "records_dropped", "tokens", "images"):
+            totals[figure] = totals.get(figure, 0) + stats.get(figure, 0)
+    by_candidate = {name: key for key, (_, names) in variants.items() for name in names}
+    headline = {"datasets": len(datasets), **totals} if len(datasets) > 1 else totals
+    return StepResult(outputs={"datasets": datasets, "candidates": by_candidate}, headline=headline)
+
+
+def candidate_dataset(ingest: dict[str, Any], candidate: str) -> tuple[str, dict[str, str]]:
+    """(the dataset's key, its locations) a candidate trains on, from the ingest step's manifest."""
+    key = ingest["outputs"]["candidates"][candidate]
+    return key, ingest["outputs"]["datasets"][key]
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -53,7 +82,7 @@ def concurrent_runs(candidates: int, cpus: float, cpus_per_run: float) -> int:
 
 
 def should_materialize(mode: str, estimate_bytes: int, budget_bytes: float) -> bool:
-    """`data.materialize`: always, never, or (auto) when the estimate fits the budget."""
+    """`packing.materialize`: always, never, or (auto) when the estimate fits the budget."""
     return mode == "always" or (mode == "auto" and estimate_bytes <= budget_bytes)
 
 
@@ -62,7 +91,7 @@ def _lineage(ctx: StepContext, stage_name: str, cand: Candidate, parent: str) ->
     wf = cand.workflow
     stage = {k: v for k, v in dataclasses.asdict(getattr(wf, stage_name)).items() if k not in _CONTINUABLE}
     model = dataclasses.asdict(wf.model)
-    data = {"seq_len": wf.data.seq_len, "max_images": wf.data.max_images}
+    data = {"seq_len": wf.packing.seq_len, "max_images": wf.packing.max_images}
     return stable_hash({"stage": stage, "model": model, "data": data, "parent": parent})[:10]
 
 
@@ -75,8 +104,6 @@ def _train_candidates(
     from mm1.train.launch import fit_stage
 
     ingest = ctx.upstream["ingest"]
-    shard_dir = ingest["outputs"][stage_name]
-    tokenizer = ingest["outputs"]["tokenizer"]
     ray_storage = storage.join(ctx.out_uri, "ray")
     cands = candidates(ctx.wf)
     stage_cfg = getattr(ctx.wf, stage_name)
@@ -84,14 +111,17 @@ def _train_candidates(
     per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
     concurrent = concurrent_runs(len(cands), cpus, per_run)
     ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
-    stats = json.loads(storage.read_text(ingest["outputs"]["stats.json"]))
     store_budget = ray.cluster_resources().get("object_store_memory", 0) / 4 / concurrent
 
     def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
         wf = cand.workflow
         stage = getattr(wf, stage_name)
         parent_entry = (parents or {}).get(cand.name)
-        parent_key = parent_entry["run_path"] if parent_entry else ingest["fingerprint"]
+        data_key, data = candidate_dataset(ingest, cand.name)
+        shard_dir, tokenizer = data[stage_name], data["tokenizer"]
+        stats = json.loads(storage.read_text(data["stats.json"]))
+        # A pre-training run descends from its data (the data section's hash), SFT from its pre-training run.
+        parent_key = parent_entry["run_path"] if parent_entry else data_key
         run_name = f"{cand.name}-{_lineage(ctx, stage_name, cand, parent_key)}"
         dataset = build_train_dataset(
             shard_dir,
@@ -99,8 +129,8 @@ def _train_candidates(
             image_size=wf.model.image_size,
             image_grid=wf.model.image_grid,
             image_tokens_per_image=image_tokens_per_image(wf.model),
-            seq_len=wf.data.seq_len,
-            max_images=wf.data.max_images,
+            seq_len=wf.packing.seq_len,
+            max_images=wf.packing.max_images,
             seed=stage.seed,
         )
         dataset.set_name(f"{wf.run_name}-{stage_name}-{cand.name}")  # how it reads in the Ray dashboard
@@ -108,17 +138,17 @@ def _train_candidates(
         estimate = packed_bytes_estimate(
             stats.get(stage_name, {}).get("tokens", 0),
             stats.get("images", 0),
-            seq_len=wf.data.seq_len,
+            seq_len=wf.packing.seq_len,
             image_size=wf.model.image_size,
             crops=grid * grid + 1 if grid > 1 else 1,
         )
-        materialized = should_materialize(wf.data.materialize, estimate, store_budget)
+        materialized = should_materialize(wf.packing.materialize, estimate, store_budget)
         if materialized:
             dataset = dataset.materialize()  # packed once; every pass then reads the object store
         ctx.log(
             f"[{stage_name}:{cand.name}] packed rows {'materialized' if materialized else 'streamed'} "
             f"(estimate {estimate / 2**20:.0f} MiB, budget {store_budget / 2**20:.0f} MiB, "
-            f"data.materialize={wf.data.materialize})"
+            f"packing.materialize={wf.packing.materialize})"
         )
         metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
         # Rank 0 appends each step's row to a live file only where the driver can see it (a local run
@@ -133,7 +163,7 @@ def _train_candidates(
             dataset=dataset,
             model_cfg=dataclasses.asdict(wf.model),
             tokenizer_dir=tokenizer,
-            seq_len=wf.data.seq_len,
+            seq_len=wf.packing.seq_len,
             init_checkpoint=parent_entry["checkpoints"][-1]["uri"] if parent_entry else None,
             metrics_path=live_metrics,
             run=wf.run_name,
@@ -273,19 +303,22 @@ def run_report(ctx: StepContext) -> StepResult:
 
 def workflow_steps() -> list[Step]:
     return [
+        # A step's keys are what it reads (packing.materialize changes how rows are held, not what they
+        # are, so no step lists it); sweep entries under a step's keys join its fingerprint (runner).
         Step("ingest", (), ("data",), run_ingest),
         Step(
             "pretrain",
             ("ingest",),
-            ("model", "pretrain", "sweep", "data.seq_len", "data.max_images"),
+            ("model", "pretrain", "sweep", "packing.seq_len", "packing.max_images"),
             run_pretrain,
             reset_on_rerun=False,
         ),
         Step("sft", ("pretrain",), ("sft",), run_sft, reset_on_rerun=False),
-        Step("evaluate", ("sft",), ("evaluate",), run_evaluate),
+        # The baseline comes from the Shapes seed; the headline and the tables from the select section.
+        Step("evaluate", ("sft",), ("evaluate", "select", "data.shapes.seed"), run_evaluate),
         Step("select", ("evaluate",), ("select",), run_select),
         Step("deploy", ("select",), ("deploy",), run_deploy, always_run=True),
-        Step("report", ("select",), ("report",), run_report),
+        Step("report", ("select",), ("report", "description", "sweep"), run_report),
     ]
 
 

@@ -14,7 +14,6 @@ def small_workflow(seed: int = 0) -> Workflow:
     wf.data.shapes.text_samples = 60
     wf.data.shapes.sft_samples = 80
     wf.data.shapes.seed = seed
-    wf.data.seq_len = 128
     wf.data.vocab_size = 400
     return wf
 

@@ -31,7 +31,7 @@ def test_model_and_data_are_mm1s_final_choices(wf):
     assert (wf.model.connector.type, wf.model.connector.num_tokens) == ("c-abstractor", 144)
     mix = wf.data.mixture
     assert (mix.interleaved, mix.captions, mix.text) == (0.45, 0.45, 0.10)
-    assert (wf.data.seq_len, wf.data.max_images) == (4096, 16)
+    assert (wf.packing.seq_len, wf.packing.max_images) == (4096, 16)
     config = mm1_config("mm1-3b", image_size=378)
     assert (config.vision_config.hidden_size, config.vision_config.patch_size) == (1280, 14)  # ViT-H/14
 

@@ -13,9 +13,10 @@ WORKFLOW = f"""
 name: train-tests
 data:
   shapes: {{caption_samples: 120, interleaved_docs: 30, text_samples: 40, sft_samples: 40}}
+  vocab_size: 320
+packing:
   seq_len: {SEQ_LEN}
   max_images: 4
-  vocab_size: 320
 model:
   preset: tiny
   image_size: {IMAGE_SIZE}

@@ -7,6 +7,7 @@ import pytest
 from mm1.config import loads
 from mm1.workflow.rundir import RunDir
 from mm1.workflow.runner import Step, StepFailed, StepResult, run_workflow, step_states
+from mm1.workflow.steps import workflow_steps
 
 
 def counting_steps(calls: list[str]) -> list[Step]:
@@ -18,11 +19,11 @@ def counting_steps(calls: list[str]) -> list[Step]:
 
         return run
 
+    # The workflow's real steps (names, inputs and the keys they read), each replaced by a counter.
+    real = {s.name: s for s in workflow_steps()}
     return [
-        Step("ingest", (), ("data",), make("ingest")),
-        Step("pretrain", ("ingest",), ("model", "pretrain"), make("pretrain")),
-        Step("sft", ("pretrain",), ("sft",), make("sft")),
-        Step("evaluate", ("sft",), ("evaluate",), make("evaluate")),
+        Step(name, real[name].depends, real[name].config_keys, make(name))
+        for name in ("ingest", "pretrain", "sft", "evaluate")
     ]
 
 
@@ -48,15 +49,32 @@ def test_changing_sft_reruns_sft_and_what_follows_only(tmp_path):
     assert calls == ["sft", "evaluate"]
 
 
-def test_materializing_the_data_reruns_nothing_but_changing_the_data_does(tmp_path):
+def test_materializing_reruns_nothing_and_packing_reruns_training_not_ingest(tmp_path):
     calls: list[str] = []
     run_workflow(workflow(tmp_path), counting_steps(calls), log=lambda _: None)
     calls.clear()
     run_workflow(
-        workflow(tmp_path, "data:\n  materialize: never\n"), counting_steps(calls), log=lambda _: None
+        workflow(tmp_path, "packing:\n  materialize: never\n"), counting_steps(calls), log=lambda _: None
     )
     assert calls == []  # how the rows are held is not what they are
-    run_workflow(workflow(tmp_path, "data:\n  seq_len: 128\n"), counting_steps(calls), log=lambda _: None)
+    run_workflow(workflow(tmp_path, "packing:\n  seq_len: 128\n"), counting_steps(calls), log=lambda _: None)
+    assert calls == ["pretrain", "sft", "evaluate"]  # ingest does not read the packing
+    calls.clear()
+    run_workflow(workflow(tmp_path, "data:\n  seed: 3\n"), counting_steps(calls), log=lambda _: None)
+    assert calls == ["ingest", "pretrain", "sft", "evaluate"]
+
+
+def test_a_sweep_reruns_exactly_the_steps_that_read_its_keys(tmp_path):
+    calls: list[str] = []
+    run_workflow(workflow(tmp_path), counting_steps(calls), log=lambda _: None)
+    calls.clear()
+    run_workflow(
+        workflow(tmp_path, "sweep:\n  sft.lr: [0.001, 0.0005]\n"), counting_steps(calls), log=lambda _: None
+    )
+    assert "ingest" not in calls  # no data.* key in the sweep: the data is the same
+    calls.clear()
+    sweep = "sweep:\n  sft.lr: [0.001, 0.0005]\n  data.mixture.captions: [0.5, 0.7]\n"
+    run_workflow(workflow(tmp_path, sweep), counting_steps(calls), log=lambda _: None)
     assert calls == ["ingest", "pretrain", "sft", "evaluate"]
 
 
