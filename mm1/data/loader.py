@@ -6,8 +6,8 @@ the truncation rule):
     input_ids, labels, position_ids      int32 [seq_len]  (positions restart at 0 at each document)
     num_tokens, num_images, num_samples  int32  (real tokens; images, not crops; documents in the row)
     images                               uint8 [num_images * crops, image_size, image_size, 3]
-with crops = image_grid**2 + 1 when splitting (row-major crops, then the overview: mm1.data.preprocess
-.split_image) else 1. `collate_packed` turns a batch of rows into the model's tensors. Call it on the
+with crops = mm1.data.preprocess.crops_per_image(image_grid) (row-major crops, then the overview:
+mm1.data.preprocess.split_image). `collate_packed` turns a batch of rows into the model's tensors. Call it on the
 thread that trains, on numpy batches (`iter_batches(batch_format="numpy")`, as mm1.train.data_position
 does): as an `iter_torch_batches` collate_fn it runs on Ray's prefetch thread, where its torch ops slow the
 training step down on a CPU.
@@ -25,7 +25,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mm1 import storage
 from mm1.data.packing import PackSpec, expand, pack
-from mm1.data.preprocess import split_image
+from mm1.data.preprocess import crops_per_image, split_image
 
 PACK_WINDOW = 256  # samples packed per chunk; larger = fewer half-empty rows at chunk ends
 MIN_ROW_FILL = 0.7  # packed rows are at least this full in practice (size estimates only)
@@ -45,7 +45,7 @@ def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int
     images = table.column("images").to_pylist()
     samples = (expand(i, lab, im, spec) for i, lab, im in zip(ids, labels, images, strict=True))
     rows = list(pack(samples, spec))
-    crops = image_grid * image_grid + 1 if image_grid > 1 else 1
+    crops = crops_per_image(image_grid)
     pixels = np.empty(len(rows), dtype=object)
     for r, row in enumerate(rows):
         decoded = [crop for png in row.images for crop in split_image(png, image_size, image_grid)]

@@ -58,6 +58,11 @@ def preprocess_image(source: bytes | str | Path | Image.Image | np.ndarray, size
     return np.asarray(image, dtype=np.uint8)
 
 
+def crops_per_image(grid: int) -> int:
+    """Sub-images `split_image` makes of one image: grid x grid crops and the overview, or the image alone."""
+    return grid * grid + 1 if grid > 1 else 1
+
+
 def split_image(
     source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int
 ) -> list[np.ndarray]:

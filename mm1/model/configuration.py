@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image
 from mm1.model.vision import feature_geometry
 
 CONNECTOR_TYPES = ("avgpool", "attnpool", "c-abstractor")
@@ -76,7 +76,7 @@ class MM1Config(PretrainedConfig):
     @property
     def sub_images_per_image(self) -> int:
         """Crops + overview when splitting, else the image alone (the order of mm1.data.preprocess.split_image)."""
-        return self.image_grid * self.image_grid + 1 if self.image_grid > 1 else 1
+        return crops_per_image(self.image_grid)
 
     @property
     def image_tokens_per_image(self) -> int:

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mm1.data import chat
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, split_image, to_pixel_values
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image, split_image, to_pixel_values
 from mm1.model.configuration import MM1Config
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -60,7 +60,7 @@ class MM1Processor:
 
     @property
     def sub_images_per_image(self) -> int:
-        return self.image_grid * self.image_grid + 1 if self.image_grid > 1 else 1
+        return crops_per_image(self.image_grid)
 
     @property
     def image_tokens_per_image(self) -> int:

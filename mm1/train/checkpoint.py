@@ -84,14 +84,9 @@ def load_optimizer(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     rank: int,
-    legacy: dict[str, Any] | None = None,
 ) -> None:
     """Restore the optimizer of an already wrapped model. Under FSDP only rank 0 reads the file and
-    broadcasts (one full copy per node would not fit at paper scale); every worker must call this.
-    `legacy`: the index-keyed state older checkpoints kept in train_state.pt (no optimizer.pt)."""
-    if not (folder / OPTIMIZER_FILE).exists() and legacy is not None:
-        optimizer.load_state_dict(legacy)
-        return
+    broadcasts (one full copy per node would not fit at paper scale); every worker must call this."""
     if is_fsdp(model):
         full = (
             torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False) if rank == 0 else {}

@@ -108,7 +108,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         scheduler = build_scheduler(optimizer, stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"])
         if checkpoint_dir is not None:
             state = load_train_state(checkpoint_dir, restore_rng=rank == 0)
-            load_optimizer(checkpoint_dir, model, optimizer, rank, legacy=state.pop("optimizer", None))
+            load_optimizer(checkpoint_dir, model, optimizer, rank)
             scheduler.load_state_dict(state["scheduler"])
             sync_lr(optimizer, scheduler)
             history = load_history(checkpoint_dir)

@@ -21,8 +21,9 @@ _CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "m
 
 
 def image_tokens_per_image(model_cfg: Any) -> int:
-    grid = model_cfg.image_grid
-    return model_cfg.connector.num_tokens * (grid * grid + 1 if grid > 1 else 1)
+    from mm1.data.preprocess import crops_per_image
+
+    return model_cfg.connector.num_tokens * crops_per_image(model_cfg.image_grid)
 
 
 # ------------------------------------------------------------------------------------------------ ingest
@@ -101,6 +102,7 @@ def _train_candidates(
     import ray
 
     from mm1.data.loader import build_train_dataset, packed_bytes_estimate
+    from mm1.data.preprocess import crops_per_image
     from mm1.train.launch import fit_stage
 
     ingest = ctx.upstream["ingest"]
@@ -134,13 +136,12 @@ def _train_candidates(
             seed=stage.seed,
         )
         dataset.set_name(f"{wf.run_name}-{stage_name}-{cand.name}")  # how it reads in the Ray dashboard
-        grid = wf.model.image_grid
         estimate = packed_bytes_estimate(
             stats.get(stage_name, {}).get("tokens", 0),
             stats.get("images", 0),
             seq_len=wf.packing.seq_len,
             image_size=wf.model.image_size,
-            crops=grid * grid + 1 if grid > 1 else 1,
+            crops=crops_per_image(wf.model.image_grid),
         )
         materialized = should_materialize(wf.packing.materialize, estimate, store_budget)
         if materialized:

@@ -7,7 +7,7 @@ import torch
 from model_helpers import make_model, random_image
 
 from mm1.data.chat import IMAGE
-from mm1.data.preprocess import split_image
+from mm1.data.preprocess import crops_per_image, split_image
 from mm1.model import MM1Config, MM1Processor
 
 
@@ -71,6 +71,15 @@ def test_mm1_high_resolution_numbers():
     assert config.sub_images_per_image == 5 and config.image_tokens_per_image == 720
     assert config.vision_config.image_size == 378  # the encoder is trained at 378 and interpolated to 672
     assert len(split_image(random_image(0, size=1344), 672, 2)) == 5
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3])
+def test_one_crop_count_everywhere(grid):
+    """split_image, the model's config and the processor agree with crops_per_image (the one home of it)."""
+    assert len(split_image(random_image(0, size=48), 16, grid)) == crops_per_image(grid)
+    config = MM1Config(image_size=28, image_grid=grid, num_image_tokens=4)
+    assert config.sub_images_per_image == crops_per_image(grid)
+    assert crops_per_image(grid) == (grid * grid + 1 if grid > 1 else 1)
 
 
 def test_encoder_runs_at_higher_resolution_by_interpolation(tokenizer):
