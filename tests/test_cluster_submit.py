@@ -140,6 +140,25 @@ def checkpoint_names(ray_runs: str) -> set[str]:
     return {name for name in names if re.fullmatch(r"checkpoint_\d+", name)}
 
 
+def registered_step(ray_runs: str) -> int:
+    """The step of the newest checkpoint Ray Train has registered (its snapshot in the bucket), 0 if none.
+
+    A checkpoint folder exists before the controller registers it, and only registered ones are resumed from.
+    """
+    newest = 0
+    for run in storage.list_dirs(ray_runs):
+        snapshot = storage.join(run, "checkpoint_manager_snapshot.json")
+        if not storage.is_file(snapshot):
+            continue
+        try:
+            latest = json.loads(storage.read_text(snapshot)).get("latest_checkpoint_result") or {}
+        except json.JSONDecodeError:  # read while the controller rewrote it
+            continue
+        match = re.fullmatch(r"checkpoint_(\d+)", latest.get("checkpoint_dir_name", ""))
+        newest = max(newest, int(match.group(1)) if match else 0)
+    return newest
+
+
 def test_a_lost_head_resumes_from_the_checkpoints_in_the_bucket(s3_server, tmp_path):
     bucket = s3_server.new_bucket()
     overrides = [
@@ -160,10 +179,10 @@ def test_a_lost_head_resumes_from_the_checkpoints_in_the_bucket(s3_server, tmp_p
     try:
         proc = submit(first.address, env, QUICKSTART, overrides, follow=False)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-        # Kill once step 15's checkpoint folder exists, so step 10's is surely registered with Ray Train.
+        # Kill once Ray Train has registered step 10's checkpoint in the bucket (its snapshot says so).
         deadline = time.monotonic() + 600
-        while "checkpoint_000015" not in checkpoint_names(ray_runs):
-            assert time.monotonic() < deadline, "pre-training never reached step 15"
+        while (registered := registered_step(ray_runs)) < 10:
+            assert time.monotonic() < deadline, "pre-training never registered step 10's checkpoint"
             time.sleep(0.5)
     finally:
         assert first.kill() > 0  # the head and its worker, kill -9: their disks (tmpfs) are gone too
@@ -178,8 +197,8 @@ def test_a_lost_head_resumes_from_the_checkpoints_in_the_bucket(s3_server, tmp_p
         second.kill()
     assert "[ingest] skipped: unchanged" in proc.stdout
     resumed_at = int(proc.stdout.split("[pretrain:base] resumed at step ")[1].split(";")[0])
-    # From the newest checkpoint Ray Train had registered (the newest folder may be one it never finished).
-    assert resumed_at in saved and resumed_at >= 10
+    # From the newest checkpoint Ray Train had registered (a newer folder may be one it never registered).
+    assert resumed_at in saved and resumed_at >= registered >= 10
     metrics = storage.read_text(f"{bucket}/runs/quickstart/pretrain/metrics/base.jsonl")
     history = [json.loads(line) for line in metrics.splitlines()]
     steps = [row["step"] for row in history]
