@@ -141,7 +141,7 @@ def main() -> None:
         setattr(wf.data.shapes, field, max(1, round(getattr(wf.data.shapes, field) * args.scale)))
     _init(2)
     start = time.perf_counter()
-    stats = run_ingest(wf, work, progress=False)
+    stats = run_ingest(wf.data, work, progress=False)
     print(
         f"ingest (2 CPUs, includes Ray worker start-up): {time.perf_counter() - start:.1f}s for "
         f"{stats['records_read']} records -> {stats['pretrain']['samples']} pre-training samples"

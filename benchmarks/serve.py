@@ -12,7 +12,7 @@ vLLM's --max-concurrency with an infinite request rate. Every request is the sam
 greedy, ignore_eos and a fixed max_tokens, so every request generates exactly the same number of tokens.
 
 Baselines, in this process with the same torch thread count as a replica:
-  bare generate      mm1.model.generate_answers (eval's decoder: Hugging Face generate); at concurrency 8 and 32
+  bare generate      the model's own Hugging Face `generate`, no engine; at concurrency 8 and 32
                      one batched call of that many prompts, the best batching could do without a server;
   engine in-process  services.engine, the endpoint's own decoder, without Serve and HTTP.
 At concurrency 1 the bare, engine and endpoint requests are interleaved round by round, so a shared machine's
@@ -180,18 +180,18 @@ def bare_chat(png: bytes) -> tuple[list[dict], list]:
 
 
 def bare_generate(model, processor, png: bytes, batch: int, max_tokens: int) -> RequestResult:
-    """One generate_answers call on `batch` copies of the prompt (the image decoded once beforehand)."""
-    from mm1.model import generate_answers
-
+    """One Hugging Face `generate` call on `batch` copies of the prompt (the image decoded once beforehand)."""
     clock = _TokenClock()
     t0 = time.perf_counter()
-    generate_answers(
-        model,
-        processor,
-        [bare_chat(png)] * batch,
+    encoded = processor.encode_chat(*bare_chat(png))
+    model.generate(
+        input_ids=encoded["input_ids"].repeat(batch, 1).to(model.device),
+        pixel_values=encoded["pixel_values"].repeat(batch, 1, 1, 1).to(model.device, model.dtype),
+        do_sample=False,
         max_new_tokens=max_tokens,
         min_new_tokens=max_tokens,  # ignore EOS: always max_tokens
-        batch_size=batch,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        suppress_tokens=[model.config.image_token_id],
         streamer=clock,
     )
     # times[0] is the prompt, times[1] the first generated token.

@@ -26,7 +26,6 @@ Printed:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -43,6 +42,7 @@ import ray.train  # noqa: E402
 import torch  # noqa: E402
 
 from mm1.config import TrainConfig, loads  # noqa: E402
+from mm1.train.job import TrainJob  # noqa: E402
 from mm1.train.launch import build_trainer  # noqa: E402
 from mm1.train.loop import train_loop_per_worker  # noqa: E402
 
@@ -66,7 +66,7 @@ def timed_loop(cfg: dict[str, Any]) -> None:
     entered = time.time()
     train_loop_per_worker(cfg)
     if ray.train.get_context().get_world_rank() == 0:
-        Path(cfg["metrics_path"]).with_suffix(".loop.json").write_text(
+        Path(TrainJob.of(cfg).metrics_path).with_suffix(".loop.json").write_text(
             json.dumps({"entered": entered, "left": time.time()})
         )
 
@@ -179,18 +179,18 @@ def ray_fit(args, data_dir: Path, dataset, model_cfg, workers: int, workdir: Pat
     )
     name = f"ray-{workers}w-{time.time_ns()}"
     metrics = workdir / f"{name}.jsonl"
-    trainer = build_trainer(
+    job = TrainJob(
         stage_name="pretrain",
         stage=stage,
-        label=name,
-        run_name=name,
-        storage_path=str(workdir / "ray"),
-        dataset=dataset,
-        model_cfg=model_cfg,
+        model=model_cfg,
         tokenizer_dir=str(data_dir / "tokenizer"),
         seq_len=256,
+        label=name,
         metrics_path=str(metrics),
-        train_fn=timed_loop,
+        run=name,
+    )
+    trainer = build_trainer(
+        job, run_name=name, storage_path=str(workdir / "ray"), dataset=dataset, train_fn=timed_loop
     )
     with CpuSampler() as sampler:
         t0 = time.time()
@@ -230,7 +230,7 @@ class PlainLoop:
     def run(self, args, data_dir: Path, dataset, model_cfg) -> list[dict[str, Any]]:
         from mm1.data.loader import collate_packed
         from mm1.model import apply_freeze
-        from mm1.train.loop import _build_model, non_embedding_params
+        from mm1.train.loop import non_embedding_params, random_init_model
         from mm1.train.schedule import build_optimizer, build_scheduler, choose_lr
         from mm1.train.step import train_step
 
@@ -242,7 +242,7 @@ class PlainLoop:
             )
         ]
         torch.manual_seed(0)
-        model, _ = _build_model({"model": model_cfg, "tokenizer_dir": str(data_dir / "tokenizer")}, None)
+        model, _ = random_init_model(model_cfg, str(data_dir / "tokenizer"))
         apply_freeze(model, [])
         lr, wd, _ = choose_lr(1e-3, None, non_embedding_params(model))
         optimizer = build_optimizer(model, lr, wd)
@@ -288,7 +288,7 @@ def main() -> None:
 
     data_dir = ingest(workdir, args.scale)
     wf = loads(WORKFLOW.format(captions=1, docs=1, texts=1))
-    model_cfg = dataclasses.asdict(wf.model)
+    model_cfg = wf.model
     dataset = build_train_dataset(
         str(data_dir / "pretrain"),
         image_size=64,

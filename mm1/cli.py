@@ -42,11 +42,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.workflow}: cluster.backend is '{wf.cluster.backend}': use `mm1 submit` "
             "(or `mm1 run --here` to run it in this process anyway)"
         )
-    from mm1.workflow.local import run_local, serve_forever
+    from mm1.workflow.backends import LocalRay
 
-    manifests = run_local(wf, from_step=args.from_step, until=args.until)
-    if wf.deploy.enabled and wf.deploy.keep_serving and "deploy" in manifests:
-        serve_forever()
+    LocalRay().launch(wf, args.workflow, args.overrides, from_step=args.from_step, until=args.until)
     return 0
 
 
@@ -82,17 +80,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.address:  # the command line's address satisfies (and wins over) cluster.address
         args.overrides = [*args.overrides, f"cluster.address={args.address}"]
     wf = _load(args)
-    if args.k8s:
-        from mm1.k8s.submit import submit_k8s
-
-        submit_k8s(wf, Path(args.workflow).read_text(), follow=not args.no_follow)
-        return 0
-    from mm1.workflow.jobs import submit_job
-
-    address = args.address or wf.cluster.address
-    if not address:
+    if not args.k8s and not wf.cluster.address:
         raise UserError("no cluster address: pass --address http://HOST:8265 or set cluster.address")
-    submit_job(wf, args.workflow, args.overrides, address, follow=not args.no_follow)
+    from mm1.workflow.backends import backend
+
+    chosen = backend("k8s" if args.k8s else "ray")
+    chosen.launch(wf, args.workflow, args.overrides, follow=not args.no_follow, log=print)
     return 0
 
 
@@ -127,7 +120,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     from mm1.model.info import format_model_info
-    from mm1.model.presets import PRESETS
+    from mm1.registry import PRESETS
 
     if args.preset != "all" and args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; known presets: {', '.join(sorted(PRESETS))}, all")
@@ -201,8 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--stream", action="store_true")
     chat.set_defaults(func=cmd_chat)
 
+    from mm1.registry import PRESETS
+
     info = sub.add_parser("model-info", help="parameters, image tokens and FLOPs of a preset")
-    info.add_argument("preset", help="tiny | mm1-3b | mm1-7b | mm1-30b | mm1-3b-moe | mm1-7b-moe | all")
+    info.add_argument("preset", help=" | ".join([*PRESETS, "all"]))
     info.set_defaults(func=cmd_model_info)
 
     data = sub.add_parser("data", help="corpus tools")

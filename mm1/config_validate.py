@@ -16,6 +16,12 @@ from typing import Any
 import yaml
 
 
+def choice(default: str, *options: str) -> Any:
+    """A string field restricted to `options`, checked by SchemaChecker with a did-you-mean."""
+    assert default in options
+    return dataclasses.field(default=default, metadata={"choices": options})
+
+
 class ConfigError(ValueError):
     """A user mistake in a workflow file or its overrides."""
 

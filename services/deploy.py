@@ -21,7 +21,7 @@ import httpx
 
 from mm1.config import Workflow
 from services.client import chat
-from services.ingress import prepare_local_ray, running_ingress
+from services.ingress import running_ingress, start_ray
 from services.settings import ServeSettings
 
 Log = Callable[[str], None]
@@ -76,13 +76,7 @@ def start_app(
 ) -> str:
     """Start Ray (if needed; with `ingress` in front of Serve), Serve on host:port and the application
     `name`; return its base URL once healthy."""
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            prepare_local_ray(ingress)
-        ray.init(address=address, namespace="mm1")
+    start_ray(ingress)
     from ray import serve
 
     from services.openai_app import build_app
@@ -151,6 +145,23 @@ def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -
     return endpoint
 
 
+def serve_until_stopped(name: str, stop: threading.Event | None = None) -> None:
+    """Keep the application `name` up until Ctrl-C, SIGTERM (caught in the main thread) or `stop` is set,
+    then take it down: `mm1 serve`, and `mm1 run` when deploy.keep_serving is set."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve
+
+        serve.delete(name)
+
+
 def serve_checkpoint(
     checkpoint: str,
     host: str = "127.0.0.1",
@@ -162,20 +173,9 @@ def serve_checkpoint(
     """`mm1 serve`: serve until Ctrl-C, SIGTERM or `stop` is set, then take the application down."""
     settings = ServeSettings(checkpoint=str(checkpoint), model_name=name)
     url = start_app(settings, name, host, port, ingress=ingress)
-    from ray import serve
-
     print(
         f"serving {checkpoint} as {name!r} at {url}/v1 (OpenAI-compatible, ingress: {running_ingress()}); "
         "press Ctrl-C to stop",
         flush=True,
     )
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.delete(name)
+    serve_until_stopped(name, stop)

@@ -7,15 +7,18 @@ project's small models that costs more than a tenth of a request's latency. With
 forwards the connection to it. `benchmarks/serve.py --ingress proxy|haproxy` measures the two.
 
 The choice is an environment variable that every Ray process reads when it starts, so it cannot be changed
-on a running Ray: it is applied before `ray.init` starts a local Ray (`prepare_local_ray`), and written
-into the environment of the pods and containers that start a cluster (`cluster_env`). A Ray that is
-already running keeps whatever it was started with.
+on a running Ray: it is applied before `ray.init` starts a local Ray (`prepare_local_ray`, which `start_ray`,
+the one place this project starts or joins Ray, calls), and written into the environment of the pods and
+containers that start a cluster (`cluster_env`). A Ray that is already running keeps whatever it was started
+with.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from typing import Any
 
 INGRESS_MODES = ("auto", "haproxy", "proxy")
 ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
@@ -79,6 +82,28 @@ def prepare_local_ray(mode: str) -> str:
     if chosen == "haproxy":
         os.environ.setdefault(DRAINING, LOCAL_DRAINING_S)
     return chosen
+
+
+def start_ray(ingress: str = "auto", log: Callable[[str], None] | None = None, **local_options: Any) -> None:
+    """Connect this process to Ray unless it is already: join the cluster RAY_ADDRESS names (inside a Ray Job),
+    else start a local Ray with Serve's `ingress` set first and `local_options` (ray.init's keywords); with
+    `log`, say which ingress and where the dashboard is."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    say = log or (lambda _: None)
+    if os.environ.get("RAY_ADDRESS"):
+        context = ray.init(address="auto", namespace="mm1", log_to_driver=True)
+    else:
+        say(f"Serve ingress: {prepare_local_ray(ingress)}")
+        context = ray.init(namespace="mm1", log_to_driver=True, **local_options)
+    url = getattr(context, "dashboard_url", "") or ""
+    say(
+        f"Ray dashboard: http://{url}"
+        if url and not url.startswith("http")
+        else f"Ray dashboard: {url or 'n/a'}"
+    )
 
 
 def _flag_name(value: str | None) -> str:

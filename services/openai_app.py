@@ -99,7 +99,7 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         "ray_actor_options": actor_options,
     }
     if settings.autoscaling:
-        options["autoscaling_config"] = dict(settings.autoscaling)
+        options["autoscaling_config"] = settings.autoscaling_config
     else:
         options["num_replicas"] = settings.num_replicas
     return options

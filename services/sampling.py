@@ -16,7 +16,7 @@ import torch
 @dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 = greedy (mm1.model.decoding's choice)
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -30,9 +30,8 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token id from a [vocab] row of logits."""
-    if params.temperature == 0:
-        return int(torch.argmax(logits))
+    """One token id drawn from a [vocab] row of logits at `params.temperature` > 0 (greedy rows take the
+    decoder's own choice: mm1.model.decoding)."""
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         # Nucleus: keep the smallest set of most likely tokens whose mass reaches top_p (at least one).

@@ -36,7 +36,7 @@ def test_quickstart_end_to_end_then_rerun_skips(tmp_path, ray_session):
     manifests = run_local(wf, log=logs.append)
     assert set(manifests) == {"ingest", "pretrain", "sft", "evaluate", "select", "deploy", "report"}
 
-    pretrain = manifests["pretrain"]["outputs"]["candidates"]
+    pretrain = manifests["pretrain"]["outputs"]["runs"]  # one run per candidate: the sweep is over the model
     assert set(pretrain) == {"connector.type-avgpool", "connector.type-c-abstractor"}
     for entry in pretrain.values():
         steps = [json.loads(line)["step"] for line in Path(entry["metrics"]).read_text().splitlines()]

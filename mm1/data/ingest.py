@@ -11,8 +11,9 @@ Ray Data stages (the caller has already called `ray.init`; stage code lives in m
   4. tokenize + scatter, then gather: two map stages and no Ray shuffle. Samples are tokenized with
      mm1.data.chat (ONE `<image>` token per image) and each copy is written into a fragment of its output
      file; one task per output file then concatenates its fragments in position order. Output files are
-     contiguous slices of the stream: `pretrain/part-<first position>.parquet`, `sft/part-....parquet`,
-     512 samples each in row groups of 256 (the training loader's unit of work).
+     contiguous slices of the stream: `pretrain/part-<first position>.parquet`, `sft/part-....parquet`, of
+     `ROWS_PER_FILE` samples each in row groups of `ROW_GROUP_ROWS` (the training loader's unit of work;
+     both sizes are set in mm1.data.stages and nowhere else).
 Where things go: the driver writes its own files (stats.json, the tokenizer) into `out_dir`, its disk; Ray
 tasks, which may run on nodes that cannot see that disk, read and write only under `out_uri`, the step's folder
 in the run directory (the same folder for a local run; s3://... for an object-store root): generated corpora,
@@ -36,7 +37,7 @@ import ray
 from ray.data import DataContext
 
 from mm1 import storage
-from mm1.config import Workflow
+from mm1.config import DataConfig
 from mm1.data import files
 from mm1.data.mixture import MixturePlan, plan_mixture
 from mm1.data.readers import EXTENSIONS, ReadOptions
@@ -75,16 +76,16 @@ def _data_context(progress: bool):
             setattr(ctx, name, value)
 
 
-def resolve_corpora(wf: Workflow, out_uri: str, progress: bool) -> tuple[dict[str, list[str]], bool]:
+def resolve_corpora(data: DataConfig, out_uri: str, progress: bool) -> tuple[dict[str, list[str]], bool]:
     """Corpus files per source; generates Shapes into out_uri/corpora when the workflow names none."""
-    c = wf.data.corpora
+    c = data.corpora
     named = {"interleaved": c.interleaved, "captions": c.captions, "text": c.text, "sft": c.sft}
     if not any(named.values()):
         shared = storage.join(out_uri, "corpora")
         if progress:
             print(f"ingest: no corpora named; generating Shapes into {shared}")
         # Straight into the run folder: the read tasks may run on nodes that cannot see this disk.
-        return write_shapes_corpora(shared, wf.data.shapes), True
+        return write_shapes_corpora(shared, data.shapes), True
     try:
         return {s: files.expand_paths(list(p), EXTENSIONS[s]) for s, p in named.items() if p}, False
     except FileNotFoundError as exc:
@@ -130,12 +131,14 @@ def _check_bad_fraction(tally: BadTally, read: int, max_bad: float) -> str | Non
     )
 
 
-def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, path: Path, shared: str) -> dict:
+def _prepare_tokenizer(
+    data: DataConfig, verified: ray.data.MaterializedDataset, path: Path, shared: str
+) -> dict:
     """Train (or load) the tokenizer, save it to `path` and make it readable at `shared` for the tasks."""
     from mm1.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 
-    if wf.data.tokenizer:
-        tokenizer = load_tokenizer(wf.data.tokenizer)
+    if data.tokenizer:
+        tokenizer = load_tokenizer(data.tokenizer)
         trained = False
     else:
         texts = _light_table(verified, ["key", "text", "reason"])
@@ -143,14 +146,14 @@ def _prepare_tokenizer(wf: Workflow, verified: ray.data.MaterializedDataset, pat
         # Sorted by key: the same merges whatever order Ray delivered the records in.
         rows = sorted((k, t) for k, t, r in zip(*columns, strict=True) if not r)
         step = max(1, len(rows) // MAX_TOKENIZER_TEXTS)
-        tokenizer = train_bpe_tokenizer([t for _, t in rows[::step]], wf.data.vocab_size)
+        tokenizer = train_bpe_tokenizer([t for _, t in rows[::step]], data.vocab_size)
         trained = True
     if path.exists():
         shutil.rmtree(path)
     tokenizer.save_pretrained(str(path))
     if storage.is_remote(shared):
         storage.copy_tree(str(path), shared)
-    return {"path": shared, "vocab_size": len(tokenizer), "trained": trained, "name": wf.data.tokenizer}
+    return {"path": shared, "vocab_size": len(tokenizer), "trained": trained, "name": data.tokenizer}
 
 
 def _mixture_stats(plan: MixturePlan, tokens_by_source: dict[str, int]) -> dict:
@@ -171,16 +174,16 @@ def _mixture_stats(plan: MixturePlan, tokens_by_source: dict[str, int]) -> dict:
     }
 
 
-def run_ingest(wf: Workflow, out_dir: Path, out_uri: str | None = None, progress: bool = True) -> dict:
-    """THE ingest step (see the module docstring): out_dir/{tokenizer,stats.json} on the driver,
-    out_uri/{tokenizer,pretrain,sft} for every node (`out_uri` defaults to `out_dir`: a local run)."""
+def run_ingest(data: DataConfig, out_dir: Path, out_uri: str | None = None, progress: bool = True) -> dict:
+    """THE ingest step (see the module docstring), a function of the `data` section alone:
+    out_dir/{tokenizer,stats.json} on the driver, out_uri/{tokenizer,pretrain,sft} for every node (`out_uri`
+    defaults to `out_dir`: a local run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_uri = out_uri or str(out_dir)
-    data = wf.data
     clock: dict[str, float] = {}
     t0 = time.perf_counter()
-    corpora, generated = resolve_corpora(wf, out_uri, progress)
+    corpora, generated = resolve_corpora(data, out_uri, progress)
     clock["generate_shapes_s"] = time.perf_counter() - t0
     options = ReadOptions(download_images=data.download_images, sft_image_root=data.corpora.sft_image_root)
     stats: dict = {
@@ -214,7 +217,7 @@ def run_ingest(wf: Workflow, out_dir: Path, out_uri: str | None = None, progress
 
         t = time.perf_counter()
         tokenizer_uri = storage.join(out_uri, "tokenizer")
-        stats["tokenizer"] = _prepare_tokenizer(wf, verified, out_dir / "tokenizer", tokenizer_uri)
+        stats["tokenizer"] = _prepare_tokenizer(data, verified, out_dir / "tokenizer", tokenizer_uri)
         clock["tokenizer_s"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -63,6 +63,11 @@ def crops_per_image(grid: int) -> int:
     return grid * grid + 1 if grid > 1 else 1
 
 
+def image_tokens_per_image(tokens_per_crop: int, grid: int) -> int:
+    """Image tokens that stand for one image in a sequence: the connector's tokens for each of its crops."""
+    return tokens_per_crop * crops_per_image(grid)
+
+
 def split_image(
     source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int
 ) -> list[np.ndarray]:

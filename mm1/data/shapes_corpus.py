@@ -237,7 +237,7 @@ def write_shapes_corpora(
 def write_shapes_eval(
     out_dir: str | Path, num_scenes: int, seed: int, paraphrases: int = 2
 ) -> dict[str, Path]:
-    """Held-out Shapes scenes as COCO caption + VQAv2 files (read them with mm1.data.eval_readers).
+    """Held-out Shapes scenes as COCO caption + VQAv2 files (read them with mm1.eval.coco).
 
     References per image: the canonical caption first, then `paraphrases` paraphrases. One question per
     applicable type per scene; each VQAv2 annotation repeats the single true answer 10 times.

@@ -22,17 +22,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mm1.config import Workflow
+from mm1.config import EvaluateConfig
 from mm1.eval.cider import cider_d
 from mm1.eval.coco import read_coco_captions, read_vqav2
 from mm1.eval.heldout import shapes_heldout
 from mm1.eval.items import EvalItem
 from mm1.eval.kshot import CAPTION_INSTRUCTION
 from mm1.eval.vqa import score_vqa
+from mm1.registry import BENCHMARKS, missing_benchmark_files
 
 TaskKind = Literal["vqa", "caption", "kshot"]
 ANSWER_MAX_NEW_TOKENS = 8
-KSHOT = "shapes-kshot"
 
 
 @dataclass(frozen=True)
@@ -49,49 +49,43 @@ class Benchmark:
         return f"{self.name}@{shots}:{item.key}" if shots is not None else f"{self.name}:{item.key}"
 
 
-def _missing(wf: Workflow, keys: tuple[str, ...]) -> list[str]:
-    return [f"evaluate.{k}" for k in keys if not getattr(wf.evaluate, k)]
-
-
 def build_benchmarks(
-    wf: Workflow, shapes: tuple[list[EvalItem], list[EvalItem]] | None = None
+    ev: EvaluateConfig, shapes: tuple[list[EvalItem], list[EvalItem]] | None = None
 ) -> list[Benchmark]:
-    """The benchmarks `evaluate.benchmarks` names, in that order, with their items loaded.
+    """The benchmarks `evaluate.benchmarks` names (mm1.registry.BENCHMARKS), in that order, with their items
+    loaded.
 
     `shapes`: the held-out Shapes (questions, captions) if the caller already has them.
     """
-    ev = wf.evaluate
     answer_tokens = min(ev.max_new_tokens, ANSWER_MAX_NEW_TOKENS)
     shapes_source = f"held-out Shapes scenes (seed {ev.seed}, {ev.num_scenes} scenes)"
     questions, captions = shapes or shapes_heldout(ev.num_scenes, ev.num_questions, ev.seed)
     out: list[Benchmark] = []
     for name in ev.benchmarks:
-        if name == "shapes-vqa":
-            out.append(Benchmark(name, "vqa", questions, answer_tokens, source=shapes_source))
-        elif name == "shapes-caption":
-            out.append(Benchmark(name, "caption", captions, ev.max_new_tokens, source=shapes_source))
-        elif name == KSHOT:
+        spec = BENCHMARKS.get(name)
+        if spec is None:
+            raise ValueError(
+                f"unknown benchmark {name!r} in evaluate.benchmarks; expected one of: {', '.join(BENCHMARKS)}"
+            )
+        lacking = missing_benchmark_files(name, ev)
+        if lacking:
+            raise ValueError(f"{name} is listed in evaluate.benchmarks but {', '.join(lacking)} is empty")
+        shots: tuple[int, ...] = ()
+        if spec.kind == "kshot":
             shots = tuple(sorted(set(ev.kshot)))
             if not shots or min(shots) < 0:
-                raise ValueError(f"evaluate.kshot must list k >= 0 for shapes-kshot, got {ev.kshot}")
-            out.append(Benchmark(name, "kshot", captions, ev.max_new_tokens, shots, shapes_source))
-        elif name == "coco-caption":
-            lacking = _missing(wf, ("coco_annotations", "coco_images"))
-            if lacking:
-                raise ValueError(
-                    f"coco-caption is listed in evaluate.benchmarks but {', '.join(lacking)} is empty"
-                )
+                raise ValueError(f"evaluate.kshot must list k >= 0 for {name}, got {ev.kshot}")
+        if name == "coco-caption":
             items = read_coco_captions(ev.coco_annotations, ev.coco_images)
             items = [EvalItem(i.key, i.image, CAPTION_INSTRUCTION, i.references, i.type) for i in items]
-            out.append(Benchmark(name, "caption", items, ev.max_new_tokens, source=ev.coco_annotations))
+            source = ev.coco_annotations
         elif name == "vqav2":
-            lacking = _missing(wf, ("vqav2_questions", "vqav2_annotations", "vqav2_images"))
-            if lacking:
-                raise ValueError(f"vqav2 is listed in evaluate.benchmarks but {', '.join(lacking)} is empty")
             items = read_vqav2(ev.vqav2_questions, ev.vqav2_annotations, ev.vqav2_images)
-            out.append(Benchmark(name, "vqa", items, answer_tokens, source=ev.vqav2_questions))
-        else:
-            raise ValueError(f"unknown benchmark {name!r} in evaluate.benchmarks")
+            source = ev.vqav2_questions
+        else:  # a Shapes benchmark: held-out questions, or held-out scenes to caption
+            items, source = (questions if spec.kind == "vqa" else captions), shapes_source
+        tokens = answer_tokens if spec.kind == "vqa" else ev.max_new_tokens
+        out.append(Benchmark(name, spec.kind, items, tokens, shots, source))  # type: ignore[arg-type]
     if len({b.name for b in out}) != len(out):
         raise ValueError(f"evaluate.benchmarks lists a benchmark twice: {ev.benchmarks}")
     return out

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mm1.config import Workflow
+from mm1.config import EvaluateConfig, SelectConfig, Workflow
 from mm1.eval.answerer import Answer, Task, answer_tasks
 from mm1.eval.baselines import MajorityBaseline, baseline_scores
 from mm1.eval.benchmarks import ANSWER_MAX_NEW_TOKENS, Benchmark, build_benchmarks, headline_metrics, score
@@ -44,6 +44,25 @@ from mm1.eval.table import metric_table, per_type_table
 KSHOT_STYLE = "document"
 DEMO_POOL_SCENES = 64  # k-shot demonstrations are drawn from this many held-out scenes (more for large k)
 Checkpoint = dict[str, Any]  # {"step": int, "uri": str} as the train steps record them
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What the evaluate step reads: its own sections, the Shapes seed its majority baseline is fitted with,
+    and, from its input, the stage the trained runs finished and whether they trained on GPUs."""
+
+    evaluate: EvaluateConfig
+    select: SelectConfig
+    shapes_seed: int
+    stage: str = "sft"  # sft | pretrain (SFT disabled)
+    use_gpu: bool = False  # checkpoints are evaluated where they were trained
+
+    @classmethod
+    def of(cls, wf: Workflow) -> EvalSpec:
+        """From a whole workflow (what its training steps would hand the evaluate step)."""
+        last = wf.sft if wf.sft.enabled else wf.pretrain
+        stage = "sft" if wf.sft.enabled else "pretrain"
+        return cls(wf.evaluate, wf.select, wf.data.shapes.seed, stage, last.use_gpu)
 
 
 @dataclass
@@ -68,9 +87,9 @@ class Plan:
     kshot_source: dict[str, Checkpoint]  # row checkpoint URI -> the pre-trained checkpoint scored k-shot
 
 
-def _checkpoints_to_evaluate(wf: Workflow, entry: dict[str, Any]) -> list[Checkpoint]:
+def _checkpoints_to_evaluate(spec: EvalSpec, entry: dict[str, Any]) -> list[Checkpoint]:
     checkpoints = entry["checkpoints"]
-    return checkpoints if wf.evaluate.checkpoints == "all" else checkpoints[-1:]
+    return checkpoints if spec.evaluate.checkpoints == "all" else checkpoints[-1:]
 
 
 def _tasks(benchmark: Benchmark) -> list[Task]:
@@ -85,17 +104,17 @@ def _tasks(benchmark: Benchmark) -> list[Task]:
 
 
 def plan_jobs(
-    wf: Workflow,
+    spec: EvalSpec,
     trained: dict[str, dict[str, Any]],
     pretrained: dict[str, dict[str, Any]],
     benchmarks: list[Benchmark],
 ) -> Plan:
     """Which checkpoint answers which benchmark; one job per checkpoint URI, so one model load each."""
-    stage = "sft" if wf.sft.enabled else "pretrain"
+    stage = spec.stage
     rows = [
         (name, ckpt)
         for name, entry in sorted(trained.items())
-        for ckpt in _checkpoints_to_evaluate(wf, entry)
+        for ckpt in _checkpoints_to_evaluate(spec, entry)
     ]
     jobs: dict[str, Job] = {}
     kshot_source: dict[str, Checkpoint] = {}
@@ -144,14 +163,13 @@ def _write_predictions(path: Path, job: Job, answers: dict[str, Answer]) -> None
 
 
 def run_jobs(
-    wf: Workflow, jobs: list[Job], pool: list, out_dir: Path, log=print
+    spec: EvalSpec, jobs: list[Job], pool: list, out_dir: Path, log=print
 ) -> dict[str, dict[str, str]]:
     """checkpoint URI -> {task key: prediction}; jobs run side by side as far as the cluster's CPUs go."""
     import ray
 
-    ev = wf.evaluate
-    # Checkpoints are evaluated where they were trained: on GPUs if their last stage used them.
-    use_gpu = (wf.sft if wf.sft.enabled else wf.pretrain).use_gpu
+    ev = spec.evaluate
+    use_gpu = spec.use_gpu
 
     def run(job: Job) -> dict[str, str]:
         started = time.perf_counter()
@@ -208,7 +226,7 @@ def score_rows(
 
 
 def evaluate_candidates(
-    wf: Workflow,
+    spec: EvalSpec,
     trained: dict[str, dict[str, Any]],
     pretrained: dict[str, dict[str, Any]],
     out_dir: Path,
@@ -218,13 +236,12 @@ def evaluate_candidates(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ev = wf.evaluate
-    stage = "sft" if wf.sft.enabled else "pretrain"
+    ev, stage = spec.evaluate, spec.stage
     questions, captions = shapes_heldout(ev.num_scenes, ev.num_questions, ev.seed)
-    benchmarks = build_benchmarks(wf, (questions, captions))
+    benchmarks = build_benchmarks(ev, (questions, captions))
     kshot = next((b for b in benchmarks if b.kind == "kshot"), None)
     pool = shapes_demo_pool(ev.seed, max(DEMO_POOL_SCENES, 4 * max(kshot.shots))) if kshot else []
-    plan = plan_jobs(wf, trained, pretrained, benchmarks)
+    plan = plan_jobs(spec, trained, pretrained, benchmarks)
 
     listed = ", ".join(
         f"{b.name} {len(b.items)}" + (f" x k={list(b.shots)}" if b.shots else "") for b in benchmarks
@@ -236,10 +253,10 @@ def evaluate_candidates(
     log(
         f"[evaluate] answers stop at {min(ev.max_new_tokens, ANSWER_MAX_NEW_TOKENS)} new tokens, captions at {ev.max_new_tokens}"
     )
-    predictions = run_jobs(wf, list(plan.jobs.values()), pool, out_dir, log)
+    predictions = run_jobs(spec, list(plan.jobs.values()), pool, out_dir, log)
     results = score_rows(plan, benchmarks, stage, predictions)
 
-    baseline = shapes_majority_baseline(wf.data.shapes.seed)
+    baseline = shapes_majority_baseline(spec.shapes_seed)
     baseline_metrics = _baseline_metrics(baseline, questions)
     summary = {
         "results": results,
@@ -262,12 +279,12 @@ def evaluate_candidates(
         "seconds": round(time.perf_counter() - started, 1),
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    print_tables(results, baseline_metrics, benchmarks, wf.select.metric, wf.select.mode, log)
+    print_tables(results, baseline_metrics, benchmarks, spec.select.metric, spec.select.mode, log)
     log(f"[evaluate] done in {summary['seconds']:.1f}s")
-    metric = wf.select.metric
+    metric = spec.select.metric
     values = [r["metrics"].get(metric, math.nan) for r in results]
     finite = [v for v in values if not math.isnan(v)]
-    best = (min if wf.select.mode == "min" else max)(finite) if finite else math.nan
+    best = (min if spec.select.mode == "min" else max)(finite) if finite else math.nan
     return {"outputs": summary, "headline": {f"best {metric}": best}}
 
 

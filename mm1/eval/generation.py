@@ -1,16 +1,15 @@
-"""Batched greedy generation from ready token ids: the path for prompts that are not a single chat turn.
+"""Batched greedy answers to prompts given as token ids: the path for prompts that are not a single chat turn.
 
-`mm1.model.loading.generate_answers` takes chats and always suppresses the image token. k-shot document
-prompts need two things it cannot give: ids built by `mm1.eval.kshot` (several images, no chat template), and
-the image token as a *stop* (a pre-trained model ends a caption by starting the next image). This module
-reuses loading's left padding and decodes the same way (cut at the first stop token, special tokens dropped,
-stripped), so a chat prompt answered here gets the answer `generate_answers` gives it.
+Decoding is mm1.model.decoding's `Decoder`, the one decoder evaluation and serving share (a chat prompt
+answered here gets the answer `generate_answers` and the serving engine give it). What this module adds:
+prompts built by `mm1.eval.kshot` (several images, no chat template), their own stop tokens (a pre-trained
+model ends a caption by starting the next image, so the image token is a *stop* there), and images encoded
+once per batch per distinct `image_keys` entry, spliced into the input embeddings (a k-shot batch repeats its
+demonstrations, a VQA batch its scenes; greedy tokens are identical to passing pixel_values).
 
-Prompts are grouped by (stop ids, max_new_tokens) because `generate` takes one of each per call, and sorted
-by length inside a group so a batch holds similar lengths (less padding). Images are encoded once per batch
-per distinct `image_keys` entry and spliced into the embeddings passed to `generate` (a k-shot batch
-repeats its demonstrations, a VQA batch its scenes; greedy tokens are identical to passing pixel_values). The grouping is a pure function of
-the prompt list, so the same list gives the same batches, and greedy answers are reproducible bit for bit.
+Prompts are grouped by (stop ids, max_new_tokens, suppressed ids) and sorted by length inside a group, so a
+batch holds similar lengths (less padding). The grouping is a pure function of the prompt list, so the same
+list gives the same batches, and greedy answers are reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mm1.model.loading import _left_pad
+from mm1.model.decoding import Decoder, Row
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import MM1Processor
 
@@ -36,12 +35,6 @@ class IdsPrompt:
     # Tokens the model may not emit. Default: the image token unless it is a stop (a generated placeholder
     # would have no pixels behind it).
     suppress_ids: tuple[int, ...] | None = None
-
-
-def _suppressed(prompt: IdsPrompt, image_token_id: int) -> tuple[int, ...]:
-    if prompt.suppress_ids is not None:
-        return prompt.suppress_ids
-    return () if image_token_id in prompt.stop_ids else (image_token_id,)
 
 
 def _check(i: int, p: IdsPrompt, sub_images: int) -> None:
@@ -97,31 +90,25 @@ def generate_from_ids(
     """Greedy answers to `prompts`, in their order; each cut at its first stop token and decoded."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pad_id = processor.tokenizer.pad_token_id
-    image_id = model.config.image_token_id
+    decoder = Decoder(model, processor)
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
         _check(i, p, model.config.sub_images_per_image)
-        groups.setdefault((p.stop_ids, p.max_new_tokens, _suppressed(p, image_id)), []).append(i)
-    answers: list[str | None] = [None] * len(prompts)
+        suppress = p.suppress_ids if p.suppress_ids is not None else decoder.suppressed(p.stop_ids)
+        groups.setdefault((p.stop_ids, p.max_new_tokens, suppress), []).append(i)
+    answers: list[str] = [""] * len(prompts)
     for (stop_ids, max_new_tokens, suppress), members in sorted(groups.items()):
         members.sort(key=lambda i: (len(prompts[i].input_ids), i))
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            rows = [torch.tensor([prompts[i].input_ids], dtype=torch.long) for i in chunk]
-            input_ids, attention_mask = _left_pad(rows, pad_id)
-            input_ids, attention_mask = input_ids.to(model.device), attention_mask.to(model.device)
-            output = model.generate(
-                input_ids=input_ids,
-                inputs_embeds=_input_embeds(model, input_ids, [prompts[i] for i in chunk]),
-                attention_mask=attention_mask,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=list(stop_ids),
-                pad_token_id=pad_id,
-                suppress_tokens=list(suppress) or None,
+            batch = [prompts[i] for i in chunk]
+            rows = [
+                Row(stop_ids=frozenset(stop_ids), suppress_ids=suppress, max_tokens=max_new_tokens)
+                for _ in chunk
+            ]
+            texts = decoder.answers(
+                batch, rows, embed=lambda ids, batch=batch: _input_embeds(model, ids, batch)
             )
-            for i, row in zip(chunk, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                cut = next((j for j, token in enumerate(row) if token in stop_ids), len(row))
-                answers[i] = processor.decode(row[:cut]).strip()
-    return [a if a is not None else "" for a in answers]
+            for i, text in zip(chunk, texts, strict=True):
+                answers[i] = text
+    return answers

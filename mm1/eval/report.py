@@ -5,28 +5,7 @@ metric per candidate against its majority baseline; the metric table (candidates
 baselines on their own row); the winner's per-type scores beside the baselines; the ablation table (which
 sweep key moved the selected metric most); step wall times; and warnings about anything missing.
 
-`write_report(out_dir, run_summary)` takes a plain, JSON-serializable dict:
-
-    {
-      "name": "quickstart",                       # run name (required)
-      "description": "...",                       # optional
-      "candidates": [                             # required, one per sweep candidate
-        {"name": "image_size-32__connector.type-avgpool",
-         "overrides": {"model.image_size": 32, "model.connector.type": "avgpool"},   # the sweep point
-         "metrics_files": ["runs/q/pretrain/<cand>/metrics.jsonl", "runs/q/sft/<cand>/metrics.jsonl"]}
-      ],                                          # metrics files: JSON lines with step, loss, lr, stage
-      "eval": [                                   # one per evaluated checkpoint (select.CandidateResult)
-        {"candidate": "...", "checkpoint": "runs/q/sft/<cand>/step_200", "stage": "sft", "step": 200,
-         "metrics": {"shapes-vqa/overall": 0.61, "shapes-vqa/count_all": 0.44, "shapes-caption/cider": 0.9},
-         "prompt_style": "chat"}                  # optional: the k-shot prompt style used (kshot.py)
-      ],
-      "baselines": {"shapes-vqa/overall": 0.31, ...},   # optional: majority baselines, keyed like metrics
-      "baseline_source": "shapes sft train answers",    # optional: the answer set they were fitted on
-      "selection": {"metric": "shapes-vqa/overall", "mode": "max"},   # needed unless "winner" has them
-      "winner": {...},                            # optional: winner.json's content; computed if absent
-      "sweep_keys": ["model.image_size", ...],    # optional: default, every key the candidates override
-      "step_times": {"ingest": 12.5, "pretrain": 310.2, ...}          # optional: wall seconds per step
-    }
+`write_report(out_dir, summary)` takes a `mm1.eval.run_summary.RunSummary` (or a dict of its fields).
 
 Metrics files are mm1.storage locations (local paths or object-store URIs). A resumed run may log a step twice;
 the last row wins. A truncated last line (a killed writer) is skipped with a warning; any other bad line is
@@ -49,18 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from mm1 import storage
+from mm1.eval.charts import plot_curves, plot_metric, stage_rank
+from mm1.eval.run_summary import RunSummary
 from mm1.eval.select import CandidateResult, Winner, select_winner
 from mm1.eval.table import Table, fmt, metric_table, per_type_table
 
 REPORT_FILE = "report.html"
 CURVES_PNG = "curves.png"
 METRIC_PNG = "metric.png"
-STAGE_ORDER = ("pretrain", "sft")
 BASE_VALUE = "(not overridden)"
 
 
@@ -97,86 +73,11 @@ def read_metrics_file(path: str | Path) -> tuple[list[dict[str, Any]], list[str]
         if missing:
             raise MetricsFileError(f"{path}:{number}: row lacks {', '.join(missing)}: {line[:80]!r}")
         rows[(str(row["stage"]), int(row["step"]))] = row
-    ordered = [rows[k] for k in sorted(rows, key=lambda k: (_stage_rank(k[0]), k[1]))]
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: (stage_rank(k[0]), k[1]))]
     diverged = next((r for r in ordered if not math.isfinite(float(r["loss"]))), None)
     if diverged is not None:
         warnings.append(f"{path}: loss is {diverged['loss']} at {diverged['stage']} step {diverged['step']}")
     return ordered, warnings
-
-
-def _stage_rank(stage: str) -> tuple[int, str]:
-    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), stage)
-
-
-# ---- charts ----------------------------------------------------------------------------------------------
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # the Agg canvas, without pyplot's global state: safe in any worker thread
-    return fig
-
-
-def _colors(n: int) -> list:
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.savefig(path, format="png", metadata={"Software": None})
-    return path
-
-
-def plot_curves(curves: Mapping[str, Sequence[dict[str, Any]]], path: Path) -> Path | None:
-    """Loss (top row) and learning rate (bottom row) per stage (columns), one line per candidate."""
-    stages = sorted({r["stage"] for rows in curves.values() for r in rows}, key=_stage_rank)
-    if not stages:
-        return None
-    fig = _figure(5.5 * len(stages), 6.5)
-    axes = fig.subplots(2, len(stages), squeeze=False)
-    colors = dict(zip(curves, _colors(len(curves)), strict=True))
-    for col, stage in enumerate(stages):
-        loss_ax, lr_ax = axes[0][col], axes[1][col]
-        for name, rows in curves.items():
-            picked = [r for r in rows if r["stage"] == stage]
-            if not picked:
-                continue
-            steps = [r["step"] for r in picked]
-            loss_ax.plot(steps, [float(r["loss"]) for r in picked], color=colors[name], label=name, lw=1.4)
-            if all("lr" in r for r in picked):
-                lr_ax.plot(steps, [float(r["lr"]) for r in picked], color=colors[name], lw=1.4)
-        loss_ax.set_title(f"{stage}: training loss")
-        lr_ax.set_title(f"{stage}: learning rate")
-        lr_ax.set_xlabel("step")
-        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        for ax in (loss_ax, lr_ax):
-            ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8)
-    return _save(fig, path)
-
-
-def plot_metric(
-    best: Mapping[str, float], metric: str, baseline: float | None, winner: str | None, path: Path
-) -> Path | None:
-    """The selected metric of each candidate's best checkpoint, the majority baseline as a dashed line."""
-    names = [n for n in best if not math.isnan(best[n])]
-    if not names:
-        return None
-    fig = _figure(9, 1.2 + 0.45 * len(names))
-    ax = fig.subplots()
-    colors = ["#d62728" if n == winner else "#1f77b4" for n in names]
-    ax.barh(range(len(names)), [best[n] for n in names], color=colors)
-    ax.set_yticks(range(len(names)), labels=names, fontsize=8)
-    ax.invert_yaxis()
-    if baseline is not None:
-        ax.axvline(baseline, color="black", ls="--", lw=1.2, label=f"majority baseline {baseline:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel(metric)
-    ax.set_title(f"{metric}: best checkpoint per candidate (winner in red)")
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
 
 
 # ---- ablation --------------------------------------------------------------------------------------------
@@ -304,56 +205,39 @@ def _winner_html(winner: Mapping[str, Any]) -> str:
     return '<div class="winner">' + "<br>".join(lines) + "</div>"
 
 
-def _selection(summary: Mapping[str, Any]) -> tuple[str | None, str]:
-    sel = summary.get("selection") or {}
-    winner = summary.get("winner") or {}
-    return sel.get("metric") or winner.get("metric"), sel.get("mode") or winner.get("mode") or "max"
-
-
-def _sweep_keys(summary: Mapping[str, Any]) -> list[str]:
-    if summary.get("sweep_keys"):
-        return list(summary["sweep_keys"])
-    keys: list[str] = []
-    for cand in summary["candidates"]:
-        keys += [k for k in cand.get("overrides", {}) if k not in keys]
-    return keys
-
-
-def write_report(out_dir: str | Path, run_summary: Mapping[str, Any]) -> Path:
+def write_report(out_dir: str | Path, summary: RunSummary | Mapping[str, Any]) -> Path:
     """Write out_dir/report.html (self-contained) and its charts as PNG files; returns the HTML path."""
-    for required in ("name", "candidates"):
-        if required not in run_summary:
-            raise KeyError(f"run_summary lacks {required!r} (see mm1.eval.report's docstring for the schema)")
+    run = summary if isinstance(summary, RunSummary) else RunSummary.from_dict(summary)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
-    results = [CandidateResult.from_dict(r) for r in run_summary.get("eval", [])]
-    baselines: dict[str, float] = dict(run_summary.get("baselines") or {})
-    metric, mode = _selection(run_summary)
+    results = [CandidateResult.from_dict(r) for r in run.eval]
+    baselines: dict[str, float] = dict(run.baselines)
+    metric, mode = run.metric_and_mode
 
-    winner = dict(run_summary.get("winner") or {})
+    winner = dict(run.winner)
     if not winner and metric and results:
         chosen: Winner = select_winner(results, metric, mode)
         winner = chosen.to_dict()
 
     curves: dict[str, list[dict[str, Any]]] = {}
-    for cand in run_summary["candidates"]:
+    for cand in run.candidates:
         rows: list[dict[str, Any]] = []
-        for path in cand.get("metrics_files", []):
+        for path in cand.metrics_files:
             try:
                 file_rows, file_warnings = read_metrics_file(path)
             except FileNotFoundError:
-                warnings.append(f"{cand['name']}: metrics file not found: {path}")
+                warnings.append(f"{cand.name}: metrics file not found: {path}")
                 continue
             rows += file_rows
             warnings += file_warnings
         if not rows:
-            warnings.append(f"{cand['name']}: no training metrics to plot")
-        curves[cand["name"]] = rows
+            warnings.append(f"{cand.name}: no training metrics to plot")
+        curves[cand.name] = rows
 
-    parts = [f"<h1>{html.escape(run_summary['name'])}</h1>"]
-    if run_summary.get("description"):
-        parts.append(f'<p class="muted">{html.escape(run_summary["description"])}</p>')
+    parts = [f"<h1>{html.escape(run.name)}</h1>"]
+    if run.description:
+        parts.append(f'<p class="muted">{html.escape(run.description)}</p>')
     parts.append("<h2>Winner</h2>")
     parts.append(_winner_html(winner) if winner else '<p class="warn">no winner was selected</p>')
 
@@ -377,11 +261,9 @@ def write_report(out_dir: str | Path, run_summary: Mapping[str, Any]) -> Path:
         )
         parts.append(f'<div class="scroll">{table.to_html()}</div>')
         if baselines:
-            source = run_summary.get("baseline_source") or "not recorded"
+            source = run.baseline_source or "not recorded"
             parts.append(f'<p class="muted">Majority baselines fitted on: {html.escape(source)}</p>')
-        styles = sorted(
-            {(r.get("stage", ""), r["prompt_style"]) for r in run_summary["eval"] if r.get("prompt_style")}
-        )
+        styles = sorted({(r.get("stage", ""), r["prompt_style"]) for r in run.eval if r.get("prompt_style")})
         if styles:
             listed = ", ".join(f"{stage}: {style}" for stage, style in styles)
             parts.append(f'<p class="muted">k-shot prompt style by stage: {html.escape(listed)}</p>')
@@ -394,9 +276,9 @@ def write_report(out_dir: str | Path, run_summary: Mapping[str, Any]) -> Path:
             table = per_type_table(winner["metrics"], baselines, bench, title=f"winner on {bench}, per type")
             parts.append(table.to_html())
 
-    keys = _sweep_keys(run_summary)
+    keys = run.ablation_keys
     if metric and results and keys:
-        overrides = {c["name"]: c.get("overrides", {}) for c in run_summary["candidates"]}
+        overrides = {c.name: c.overrides for c in run.candidates}
         ranked = ablation(overrides, best_per_candidate(results, metric, mode), keys)
         parts.append(f"<h2>Ablation: what moved {html.escape(metric)}</h2>")
         if ranked:
@@ -407,8 +289,8 @@ def write_report(out_dir: str | Path, run_summary: Mapping[str, Any]) -> Path:
             )
             parts.append(ablation_table(ranked, metric).to_html())
 
-    if run_summary.get("step_times"):
-        times = run_summary["step_times"]
+    times = {step: s for step, s in run.step_times.items() if s is not None}
+    if times:
         rows = [[step, f"{float(s):.1f}", _duration(float(s))] for step, s in times.items()]
         total = sum(float(s) for s in times.values())
         rows.append(["total", f"{total:.1f}", _duration(total)])
@@ -421,7 +303,7 @@ def write_report(out_dir: str | Path, run_summary: Mapping[str, Any]) -> Path:
 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(run_summary['name'])}: MM1 run report</title><style>{_CSS}</style>"
+        f"<title>{html.escape(run.name)}: MM1 run report</title><style>{_CSS}</style>"
         f"<script>{_SCRIPT}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
     path = out / REPORT_FILE

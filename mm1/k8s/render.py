@@ -187,7 +187,7 @@ def serve_config(wf: Workflow, checkpoint_uri: str, deployment_name: str | None 
     if deployment_name:
         deployment: dict[str, Any] = {"name": deployment_name}
         if settings.autoscaling:
-            deployment["autoscaling_config"] = dict(settings.autoscaling)
+            deployment["autoscaling_config"] = settings.autoscaling_config
         else:
             deployment["num_replicas"] = settings.num_replicas
         deployment["ray_actor_options"] = {"num_gpus": settings.gpus_per_replica}

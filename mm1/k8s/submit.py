@@ -1,4 +1,5 @@
 """Run a workflow on Kubernetes: server-side apply the ConfigMap, then the RayJob, then follow its status.
+The KubeRay backend of mm1.workflow.backends calls this module; steps never import it.
 
 Server-side apply (PATCH, application/apply-patch+yaml, fieldManager=mm1, force) creates or updates in one
 call and leaves fields other managers own alone; it also copes with the KubeRay CRDs' size, which breaks
@@ -181,6 +182,15 @@ def follow_rayjob(
         time.sleep(poll_s)
 
 
+def _checked(docs: list[dict[str, Any]], what: str, api_client: Any) -> tuple[list[dict[str, Any]], Any]:
+    """`docs` if they validate against their schemas (else a K8sError listing the problems, before any of
+    them reaches the cluster), and a client of the cluster to apply them with."""
+    problems = validate_all(docs)
+    if problems:
+        raise K8sError(f"the rendered {what} invalid:\n  " + "\n  ".join(problems))
+    return docs, _dynamic(api_client or load_api_client())
+
+
 def submit_k8s(
     wf: Workflow,
     workflow_yaml: str,
@@ -193,13 +203,8 @@ def submit_k8s(
 ) -> dict[str, Any]:
     """Apply the workflow's ConfigMap then its RayJob; with `follow`, wait for the end and raise K8sError
     unless the Ray job SUCCEEDED. Returns the RayJob's last status (as applied when not following)."""
-    docs = render_job(wf, workflow_yaml)
-    problems = validate_all(docs)
-    if problems:
-        raise K8sError("the rendered manifests are invalid:\n  " + "\n  ".join(problems))
-    configmap, rayjob = docs
+    (configmap, rayjob), dyn = _checked(render_job(wf, workflow_yaml), "manifests are", api_client)
     name, namespace = rayjob["metadata"]["name"], rayjob["metadata"]["namespace"]
-    dyn = _dynamic(api_client or load_api_client())
     rayjobs = _resource(dyn, "ray.io/v1", "RayJob")
 
     existing = _get(dyn, rayjobs, name, namespace)
@@ -255,12 +260,8 @@ def apply_service(
     timeout_s: float = 1800.0,
 ) -> str:
     """Serve `checkpoint_uri` as a RayService (the deploy step on Kubernetes); returns the in-cluster URL."""
-    service = render_service(wf, checkpoint_uri)
-    problems = validate_all([service])
-    if problems:
-        raise K8sError("the rendered RayService is invalid:\n  " + "\n  ".join(problems))
+    (service,), dyn = _checked([render_service(wf, checkpoint_uri)], "RayService is", api_client)
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
-    dyn = _dynamic(api_client or load_api_client())
     apply(dyn, service)
     url = service_url(wf)
     log(f"applied RayService {namespace}/{name}; it will serve at {url}")

@@ -6,9 +6,10 @@ AutoModelForCausalLM, so `from_pretrained` works on saved checkpoints through th
 
 from mm1.model.configuration import CONNECTOR_TYPES, MM1Config
 from mm1.model.connectors import build_connector
+from mm1.model.decoding import generate_answers
 from mm1.model.freeze import PARTS, apply_freeze, train_mode
 from mm1.model.info import format_model_info, model_info
-from mm1.model.loading import generate_answers, load_for_inference, save_for_inference
+from mm1.model.loading import load_for_inference, save_for_inference
 from mm1.model.modeling import MM1CausalLMOutput, MM1ForConditionalGeneration, upcycle_to_moe
 from mm1.model.presets import PRESETS, build_mm1, mm1_config
 from mm1.model.processing import MM1Processor

@@ -7,16 +7,16 @@ MM1-specific lives in the typed fields below, each with a comment saying what it
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image, image_tokens_per_image
 from mm1.model.vision import feature_geometry
+from mm1.registry import CONNECTORS, VIT_H_378
 
-CONNECTOR_TYPES = ("avgpool", "attnpool", "c-abstractor")
+CONNECTOR_TYPES = tuple(CONNECTORS)
 
 
 @strict
@@ -26,16 +26,8 @@ class MM1Config(PretrainedConfig):
         # MM1's final encoder: ViT-H/14 (CLIP objective) at 378 px.
         "vision_config": SubConfigSpec(
             config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "hidden_size": 1280,
-                "intermediate_size": 5120,
-                "num_hidden_layers": 32,
-                "num_attention_heads": 16,
-                "patch_size": 14,
-                "image_size": 378,
-                "hidden_act": "gelu",
-            },
+            model_type=VIT_H_378["model_type"],
+            init_kwargs={k: v for k, v in VIT_H_378.items() if k != "model_type"} | {"hidden_act": "gelu"},
         ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
     }
@@ -43,7 +35,7 @@ class MM1Config(PretrainedConfig):
     vision_config: dict | PretrainedConfig | None = None  # HF vision config: CLIP, SigLIP, ResNet, ConvNeXt
     text_config: dict | PretrainedConfig | None = None  # any HF causal-LM config
 
-    connector_type: Literal["avgpool", "attnpool", "c-abstractor"] = "c-abstractor"
+    connector_type: str = "c-abstractor"  # a name in mm1.registry.CONNECTORS
     num_image_tokens: int = 144  # k tokens per (sub-)image; a perfect square for avgpool / c-abstractor
     connector_depth: int = 3  # c-abstractor: residual conv blocks before and after the pooling
     connector_hidden_size: int | None = None  # c-abstractor channels; None = vision hidden size
@@ -80,7 +72,7 @@ class MM1Config(PretrainedConfig):
 
     @property
     def image_tokens_per_image(self) -> int:
-        return self.num_image_tokens * self.sub_images_per_image
+        return image_tokens_per_image(self.num_image_tokens, self.image_grid)
 
     @property
     def num_patches(self) -> int:
@@ -93,12 +85,13 @@ class MM1Config(PretrainedConfig):
 
     def _check(self) -> None:
         """Fail at construction, naming the offending values, rather than deep inside a forward pass."""
-        if self.connector_type not in CONNECTOR_TYPES:
+        if self.connector_type not in CONNECTORS:
             raise ValueError(f"connector_type={self.connector_type!r}; expected one of {CONNECTOR_TYPES}")
+        square = CONNECTORS[self.connector_type].square_tokens
         k, patch = self.num_image_tokens, feature_geometry(self.vision_config).stride
         if k <= 0:
             raise ValueError(f"num_image_tokens must be positive, got {k}")
-        if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) ** 2 != k:
+        if square and math.isqrt(k) ** 2 != k:
             raise ValueError(
                 f"connector_type={self.connector_type!r} needs a square num_image_tokens, got {k}"
             )
@@ -108,7 +101,7 @@ class MM1Config(PretrainedConfig):
                 f"stride) {patch}"
             )
         side = self.image_size // patch
-        if self.connector_type in ("avgpool", "c-abstractor") and math.isqrt(k) > side:
+        if square and math.isqrt(k) > side:
             raise ValueError(
                 f"num_image_tokens={k} needs a {math.isqrt(k)}x{math.isqrt(k)} pool but the patch grid is "
                 f"only {side}x{side} (image_size={self.image_size}, patch_size={patch})"

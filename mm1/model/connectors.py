@@ -1,6 +1,7 @@
 """Vision-language connectors: patch features [N, P, Dv] -> k image tokens [N, k, D_llm].
 
-The three MM1 compares (its lesson: the type matters little, the token count and resolution matter most):
+The three MM1 compares (its lesson: the type matters little, the token count and resolution matter most),
+registered by name in mm1.registry.CONNECTORS (`model.connector.type` in a workflow):
   avgpool       n x n adaptive average pooling over the patch grid, then a linear map.
   attnpool      k learned queries cross-attend to the patch features, then a linear map.
   c-abstractor  Honeybee's C-Abstractor: residual conv blocks -> adaptive avg-pool to sqrt(k) x sqrt(k)
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1.model.configuration import MM1Config
+from mm1.registry import CONNECTORS
 
 
 def _to_grid(features: torch.Tensor) -> torch.Tensor:
@@ -38,6 +40,10 @@ class AvgPoolConnector(nn.Module):
         self.side = math.isqrt(num_tokens)
         self.proj = nn.Linear(vision_hidden, text_hidden)
 
+    @classmethod
+    def from_config(cls, config: MM1Config) -> AvgPoolConnector:
+        return cls(config.vision_hidden_size, config.text_config.hidden_size, config.num_image_tokens)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         pooled = F.adaptive_avg_pool2d(_to_grid(features), self.side)
         return self.proj(_from_grid(pooled))
@@ -50,6 +56,15 @@ class AttnPoolConnector(nn.Module):
         self.norm = nn.LayerNorm(vision_hidden)
         self.attn = nn.MultiheadAttention(vision_hidden, num_heads, batch_first=True)
         self.proj = nn.Linear(vision_hidden, text_hidden)
+
+    @classmethod
+    def from_config(cls, config: MM1Config) -> AttnPoolConnector:
+        vision_hidden = config.vision_hidden_size
+        # A CNN tower has no attention heads to copy: the largest of 8, 4, 2, 1 that divides its width.
+        heads = getattr(config.vision_config, "num_attention_heads", None) or next(
+            h for h in (8, 4, 2, 1) if vision_hidden % h == 0
+        )
+        return cls(vision_hidden, config.text_config.hidden_size, config.num_image_tokens, heads)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         keys = self.norm(features)
@@ -97,6 +112,18 @@ class CAbstractor(nn.Module):
             nn.Linear(channels, text_hidden), nn.GELU(), nn.Linear(text_hidden, text_hidden)
         )
 
+    @classmethod
+    def from_config(cls, config: MM1Config) -> CAbstractor:
+        vision_hidden = config.vision_hidden_size
+        channels = config.connector_hidden_size or vision_hidden
+        return cls(
+            vision_hidden,
+            config.text_config.hidden_size,
+            config.num_image_tokens,
+            config.connector_depth,
+            channels,
+        )
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         grid = self.stage1(_to_grid(features))
         grid = self.stage2(F.adaptive_avg_pool2d(grid, self.side))
@@ -104,18 +131,10 @@ class CAbstractor(nn.Module):
 
 
 def build_connector(config: MM1Config) -> nn.Module:
-    vision_hidden = config.vision_hidden_size
-    text_hidden = config.text_config.hidden_size
-    k = config.num_image_tokens
-    if config.connector_type == "avgpool":
-        return AvgPoolConnector(vision_hidden, text_hidden, k)
-    if config.connector_type == "attnpool":
-        # A CNN tower has no attention heads to copy: the largest of 8, 4, 2, 1 that divides its width.
-        heads = getattr(config.vision_config, "num_attention_heads", None) or next(
-            h for h in (8, 4, 2, 1) if vision_hidden % h == 0
+    """The connector `config.connector_type` names (mm1.registry.CONNECTORS says which class builds it)."""
+    spec = CONNECTORS.get(config.connector_type)
+    if spec is None:
+        raise ValueError(
+            f"unknown connector_type {config.connector_type!r}; expected one of {list(CONNECTORS)}"
         )
-        return AttnPoolConnector(vision_hidden, text_hidden, k, heads)
-    if config.connector_type == "c-abstractor":
-        channels = config.connector_hidden_size or vision_hidden
-        return CAbstractor(vision_hidden, text_hidden, k, config.connector_depth, channels)
-    raise ValueError(f"unknown connector_type {config.connector_type!r}")
+    return globals()[spec.builder].from_config(config)

@@ -7,13 +7,15 @@ from collections.abc import Iterable
 from torch import nn
 
 from mm1.model.modeling import MM1ForConditionalGeneration
+from mm1.registry import FREEZABLE_PARTS
 
-PARTS = ("vision", "connector", "llm")
+PARTS = tuple(FREEZABLE_PARTS)
 
 
 def part_modules(model: MM1ForConditionalGeneration) -> dict[str, nn.Module]:
-    """The three trainable parts; `llm` includes the token embeddings and the LM head."""
-    return {"vision": model.vision_tower, "connector": model.connector, "llm": model.language_model}
+    """The trainable parts by name (mm1.registry.FREEZABLE_PARTS); `llm` includes the token embeddings and
+    the LM head."""
+    return {name: getattr(model, attribute) for name, attribute in FREEZABLE_PARTS.items()}
 
 
 def apply_freeze(model: MM1ForConditionalGeneration, parts: Iterable[str]) -> list[str]:

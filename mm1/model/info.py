@@ -27,8 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from mm1.model.configuration import MM1Config
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.moe import SparseMoE
-from mm1.model.presets import PRESETS, mm1_config
+from mm1.model.presets import mm1_config
 from mm1.model.vision import VisionTower, feature_geometry
+from mm1.registry import PRESETS
 
 
 def _count(module: torch.nn.Module) -> int:

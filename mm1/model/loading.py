@@ -1,19 +1,15 @@
-"""One way to write and read a checkpoint (train writes; eval, select and serving read), and one batched
-greedy answering helper that eval and serving share so they decode identically."""
+"""One way to write and read a checkpoint (train writes; eval, select and serving read). Answering with a
+loaded checkpoint is mm1.model.decoding's (the one decoder of eval and serving)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mm1 import storage
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import PROCESSOR_FILE, MM1Processor
-
-Chat = tuple[Sequence[dict], Sequence[Any]]  # (turns, image sources)
 
 
 def save_for_inference(
@@ -51,58 +47,3 @@ def load_for_inference(
             f"processor (image_size, image_grid, num_image_tokens)={found} does not match the model's {expected}"
         )
     return model, processor
-
-
-def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[1, L_i] prompts -> input_ids and attention_mask [B, max L], padded on the left for generation."""
-    length = max(row.shape[-1] for row in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, length - row.shape[-1] :] = row[0]
-        mask[i, length - row.shape[-1] :] = 1
-    return ids, mask
-
-
-_left_pad = left_pad  # the name mm1.eval.generation imports
-
-
-@torch.inference_mode()
-def generate_answers(
-    model: MM1ForConditionalGeneration,
-    processor: MM1Processor,
-    chats: Sequence[Chat],
-    max_new_tokens: int = 32,
-    batch_size: int = 8,
-    **generate_kwargs: Any,
-) -> list[str]:
-    """Greedy answers to (turns, images) chats, `batch_size` at a time with left padding; each answer ends at
-    the first stop token (mm1.data.chat.stop_token_ids) and is returned without special tokens."""
-    stop_ids = processor.stop_token_ids()
-    pad_id = processor.tokenizer.pad_token_id
-    answers: list[str] = []
-    for start in range(0, len(chats), batch_size):
-        encoded = [
-            processor.encode_chat(turns, images) for turns, images in chats[start : start + batch_size]
-        ]
-        input_ids, attention_mask = left_pad([e["input_ids"] for e in encoded], pad_id)
-        pixels = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
-        pixel_values = torch.cat(pixels).to(model.device, model.dtype) if pixels else None
-        settings = {
-            "do_sample": False,
-            "max_new_tokens": max_new_tokens,
-            "eos_token_id": stop_ids,
-            "pad_token_id": pad_id,
-            "suppress_tokens": [model.config.image_token_id],  # a generated placeholder would have no image
-            **generate_kwargs,
-        }
-        output = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention_mask.to(model.device),
-            pixel_values=pixel_values,
-            **settings,
-        )
-        for row in output[:, input_ids.shape[1] :].tolist():
-            cut = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
-            answers.append(processor.decode(row[:cut]).strip())
-    return answers

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mm1.data import chat
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image, split_image, to_pixel_values
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, image_tokens_per_image, split_image, to_pixel_values
 from mm1.model.configuration import MM1Config
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -59,12 +59,8 @@ class MM1Processor:
         )
 
     @property
-    def sub_images_per_image(self) -> int:
-        return crops_per_image(self.image_grid)
-
-    @property
     def image_tokens_per_image(self) -> int:
-        return self.num_image_tokens * self.sub_images_per_image
+        return image_tokens_per_image(self.num_image_tokens, self.image_grid)
 
     # -- images -------------------------------------------------------------------------------------------
     def images_to_pixel_values(self, images: Sequence[Any]) -> torch.Tensor:

@@ -71,8 +71,8 @@ def save_checkpoint(
 
 def load_train_state(folder: Path, restore_rng: bool) -> dict[str, Any]:
     state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-    rng = state.pop("rng", None)
-    if rng and restore_rng:
+    rng = state.pop("rng")
+    if restore_rng:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
@@ -99,7 +99,5 @@ def load_optimizer(
 
 
 def load_history(folder: Path) -> list[dict[str, Any]]:
-    path = folder / METRICS_FILE
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = (folder / METRICS_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -22,13 +22,8 @@ class DataPosition:
     pass_layout: tuple[int, int] = (0, 0)  # (workers, micro-batch) the pass length was measured under
 
     @classmethod
-    def from_state(cls, state: dict[str, Any] | None, batch_size: int) -> DataPosition:
-        """From a checkpoint's train state; older checkpoints only know their step (of `batch_size`)."""
-        if not state:
-            return cls()
-        saved = state.get("data_position")
-        if saved is None:
-            return cls(consumed=int(state["step"]) * batch_size)
+    def from_state(cls, saved: dict[str, Any]) -> DataPosition:
+        """The inverse of `to_state` (a checkpoint's train state keeps it under `data_position`)."""
         return cls(int(saved["consumed"]), int(saved["pass_sequences"]), tuple(saved["pass_layout"]))
 
     def to_state(self) -> dict[str, Any]:

@@ -7,19 +7,20 @@ last checkpoint (Ray Train hands it to the loop through `ray.train.get_checkpoin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mm1 import storage
-from mm1.config import TrainConfig
+from mm1.config import ModelConfig, TrainConfig
 from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR
+from mm1.train.job import TrainJob
 from mm1.train.loop import train_loop_per_worker
 
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
@@ -32,7 +33,7 @@ class StageOutcome:
     history: list[dict[str, Any]]  # metric rows of the last checkpoint
 
 
-def build_trainer(
+def fit_stage(
     *,
     stage_name: str,
     stage: TrainConfig,
@@ -40,31 +41,46 @@ def build_trainer(
     run_name: str,
     storage_path: str,
     dataset: Any,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelConfig | Mapping[str, Any],
     tokenizer_dir: str,
     seq_len: int,
     init_checkpoint: str | None = None,
     metrics_path: str | None = None,
     run: str = "",
     candidate: str = "",
+) -> StageOutcome:
+    """Run (or resume) one stage to `stage.steps`; returns what storage holds, not what memory says.
+    `run` (the Prometheus tag) defaults to `run_name`; the rest is described by TrainJob's fields."""
+    job = TrainJob(
+        stage_name=stage_name,
+        stage=stage,
+        model=model_config(model_cfg),
+        tokenizer_dir=tokenizer_dir,
+        seq_len=seq_len,
+        label=label,
+        init_checkpoint=init_checkpoint,
+        metrics_path=metrics_path,
+        run=run or run_name,
+        candidate=candidate,
+    )
+    build_trainer(job, run_name=run_name, storage_path=storage_path, dataset=dataset).fit()
+    return collect_outcome(storage_path, run_name)
+
+
+def build_trainer(
+    job: TrainJob,
+    *,
+    run_name: str,
+    storage_path: str,
+    dataset: Any,
     train_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
 ) -> TorchTrainer:
-    """The TorchTrainer of one stage; `train_fn` wraps or replaces the loop (the benchmark times it)."""
-    loop_config = {
-        "stage": stage_name,
-        "stage_cfg": dataclasses.asdict(stage),
-        "label": label,
-        "model": model_cfg,
-        "tokenizer_dir": tokenizer_dir,
-        "init_checkpoint": init_checkpoint,
-        "seq_len": seq_len,
-        "metrics_path": metrics_path,
-        "run": run or run_name,  # Prometheus tags (mm1/metrics.py): the workflow's run, and the candidate
-        "candidate": candidate,
-    }
+    """The TorchTrainer of one stage: `job` goes to every worker, `dataset` is split among them, and the run
+    lives at storage_path/run_name. `train_fn` wraps or replaces the loop (the benchmark times it)."""
+    stage = job.stage
     return TorchTrainer(
         train_fn,
-        train_loop_config=loop_config,
+        train_loop_config=job.loop_config(),
         scaling_config=ScalingConfig(
             num_workers=stage.num_workers,
             use_gpu=stage.use_gpu,
@@ -81,25 +97,11 @@ def build_trainer(
     )
 
 
-def fit_stage(
-    *,
-    stage_name: str,
-    stage: TrainConfig,
-    label: str,
-    run_name: str,
-    storage_path: str,
-    dataset: Any,
-    model_cfg: dict[str, Any],
-    tokenizer_dir: str,
-    seq_len: int,
-    init_checkpoint: str | None = None,
-    metrics_path: str | None = None,
-    run: str = "",
-    candidate: str = "",
-) -> StageOutcome:
-    """Run (or resume) one stage to `stage.steps`; returns what storage holds, not what memory says."""
-    build_trainer(**locals()).fit()
-    return collect_outcome(storage_path, run_name)
+def model_config(model: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """The model section as its dataclass; its plain-data form (`dataclasses.asdict`) is typed again."""
+    if isinstance(model, ModelConfig):
+        return model
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), dict(model)))  # type: ignore[return-value]
 
 
 def collect_outcome(storage_path: str, run_name: str) -> StageOutcome:

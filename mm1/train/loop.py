@@ -32,40 +32,46 @@ import ray.train.torch
 import torch
 
 from mm1 import metrics, storage
+from mm1.config import ModelConfig
 from mm1.train.checkpoint import MODEL_DIR, load_history, load_optimizer, load_train_state, save_checkpoint
 from mm1.train.data_position import DataPosition, micro_batches
+from mm1.train.job import TrainJob
 from mm1.train.mfu import device_peak_flops, flops_model, mfu
 from mm1.train.parallel import all_reduce_sum, wrap_model
 from mm1.train.schedule import build_optimizer, build_scheduler, choose_lr, sync_lr
 from mm1.train.step import train_step
 
 
-def _build_model(cfg: dict[str, Any], checkpoint_dir: Path | None):
+def _build_model(job: TrainJob, checkpoint_dir: Path | None):
     """Weights come from (in order): this run's checkpoint, the stage's init checkpoint, or random init."""
-    from mm1.model import MM1ForConditionalGeneration, MM1Processor, build_mm1
+    from mm1.model import MM1ForConditionalGeneration, MM1Processor
 
     if checkpoint_dir is not None:
         source = checkpoint_dir / MODEL_DIR
-    elif cfg.get("init_checkpoint"):  # the previous stage's checkpoint, wherever storage keeps it
-        source = Path(storage.local_copy(cfg["init_checkpoint"]))
+    elif job.init_checkpoint:  # the previous stage's checkpoint, wherever storage keeps it
+        source = Path(storage.local_copy(job.init_checkpoint))
     else:
-        source = None
-    if source is not None:
-        return MM1ForConditionalGeneration.from_pretrained(source), MM1Processor.from_pretrained(source)
+        return random_init_model(job.model, job.tokenizer_dir)
+    return MM1ForConditionalGeneration.from_pretrained(source), MM1Processor.from_pretrained(source)
+
+
+def random_init_model(model_cfg: ModelConfig, tokenizer_dir: str):
+    """A randomly initialized MM1 as the workflow's model section declares it, and its processor."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(storage.local_copy(cfg["tokenizer_dir"]))
-    m = cfg["model"]
+    from mm1.model import MM1Processor, build_mm1
+
+    tokenizer = AutoTokenizer.from_pretrained(storage.local_copy(tokenizer_dir))
     model = build_mm1(
-        m["preset"],
+        model_cfg.preset,
         tokenizer,
-        image_size=m["image_size"],
-        connector_type=m["connector"]["type"],
-        num_image_tokens=m["connector"]["num_tokens"],
-        image_grid=m["image_grid"],
-        vision=m["vision"] or None,
-        llm=m["llm"] or None,
-        overrides=m["overrides"] or None,
+        image_size=model_cfg.image_size,
+        connector_type=model_cfg.connector.type,
+        num_image_tokens=model_cfg.connector.num_tokens,
+        image_grid=model_cfg.image_grid,
+        vision=model_cfg.vision or None,
+        llm=model_cfg.llm or None,
+        overrides=model_cfg.overrides or None,
     )
     return model, MM1Processor.from_config(model.config, tokenizer)
 
@@ -77,35 +83,35 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 
-def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on every worker; `config` carries the stage's TrainJob (mm1.train.job)."""
     from mm1.model import apply_freeze, train_mode
 
-    stage = cfg["stage_cfg"]
+    job = TrainJob.of(config)
+    stage = job.stage
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if not stage["use_gpu"]:
-        torch.set_num_threads(max(1, int(stage["cpus_per_worker"])))
+    if not stage.use_gpu:
+        torch.set_num_threads(max(1, int(stage.cpus_per_worker)))
     device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and FSDP use the current device
-    torch.manual_seed(stage["seed"])  # the same initial weights on every worker (FSDP does not broadcast)
+    torch.manual_seed(stage.seed)  # the same initial weights on every worker (FSDP does not broadcast)
 
     checkpoint = ray.train.get_checkpoint()
     state: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        model, processor = _build_model(cfg, checkpoint_dir)
-        apply_freeze(model, stage["freeze"])
+        model, processor = _build_model(job, checkpoint_dir)
+        apply_freeze(model, stage.freeze)
         unwrapped = model  # DDP wraps it; FSDP2 shards it in place: its parts stay reachable here
-        lr, weight_decay, lr_why = choose_lr(stage["lr"], stage["weight_decay"], non_embedding_params(model))
-        flops = flops_model(model.config, cfg["seq_len"])
+        lr, weight_decay, lr_why = choose_lr(stage.lr, stage.weight_decay, non_embedding_params(model))
+        flops = flops_model(model.config, job.seq_len)
         crops = model.config.sub_images_per_image
-        model = wrap_model(
-            model, stage["strategy"], stage["precision"], device, stage["activation_checkpointing"]
-        )
+        model = wrap_model(model, stage.strategy, stage.precision, device, stage.activation_checkpointing)
         optimizer = build_optimizer(model, lr, weight_decay)  # after wrapping: FSDP2 swaps the parameters
-        scheduler = build_scheduler(optimizer, stage["warmup_steps"], stage["steps"], stage["min_lr_ratio"])
+        scheduler = build_scheduler(optimizer, stage.warmup_steps, stage.steps, stage.min_lr_ratio)
         if checkpoint_dir is not None:
             state = load_train_state(checkpoint_dir, restore_rng=rank == 0)
             load_optimizer(checkpoint_dir, model, optimizer, rank)
@@ -113,23 +119,23 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             sync_lr(optimizer, scheduler)
             history = load_history(checkpoint_dir)
     step = int(state["step"]) if state else 0
-    position = DataPosition.from_state(state, stage["batch_size"])
+    position = DataPosition.from_state(state["data_position"]) if state else DataPosition()
     if rank:  # per-worker randomness from here on, reproducible across resumes
-        torch.manual_seed(stage["seed"] + 1000 * rank + step)
+        torch.manual_seed(stage.seed + 1000 * rank + step)
     if rank == 0:
         resumed = f"resumed at step {step}" if step else "from scratch"
-        print(f"[{cfg['label']}] {resumed}; {lr_why}", flush=True)
+        print(f"[{job.label}] {resumed}; {lr_why}", flush=True)
 
-    peak = device_peak_flops(device, stage["precision"])
+    peak = device_peak_flops(device, stage.precision)
     peak_sum, unknown = all_reduce_sum([peak or 0.0, 0.0 if peak else 1.0])
     total_peak = None if unknown else peak_sum
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
-        if stage["precision"] == "bf16" and device.type == "cuda" and stage["strategy"] != "fsdp"
+        if stage.precision == "bf16" and device.type == "cuda" and stage.strategy != "fsdp"
         else None  # FSDP's mixed-precision policy casts instead
     )
-    micro_batch = stage["batch_size"] // (world * stage["grad_accum"])
-    metrics_path = Path(cfg["metrics_path"]) if cfg.get("metrics_path") and rank == 0 else None
+    micro_batch = stage.batch_size // (world * stage.grad_accum)
+    metrics_path = Path(job.metrics_path) if job.metrics_path and rank == 0 else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
@@ -141,16 +147,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         world,
         skip,
         position,
-        shuffle_buffer=stage["shuffle_buffer"],
-        seed=stage["seed"],
+        shuffle_buffer=stage.shuffle_buffer,
+        seed=stage.seed,
     )
     resumed_from = step or None
     model.train()
-    train_mode(unwrapped, stage["freeze"])
+    train_mode(unwrapped, stage.freeze)
     t_prev = time.perf_counter()
-    while step < stage["steps"]:
+    while step < stage.steps:
         t_wait = time.perf_counter()
-        batches = [next(stream) for _ in range(stage["grad_accum"])]
+        batches = [next(stream) for _ in range(stage.grad_accum)]
         t_compute = time.perf_counter()
         wait = t_compute - t_wait
         stats = train_step(
@@ -159,16 +165,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             scheduler,
             batches,
             device=device,
-            grad_clip=stage["grad_clip"],
+            grad_clip=stage.grad_clip,
             autocast=autocast,
         )
         step += 1
-        position.consumed += stage["batch_size"]
+        position.consumed += stage.batch_size
         now = time.perf_counter()
         compute = now - t_compute
         elapsed, t_prev = now - t_prev, now
         row = {
-            "stage": cfg["stage"],
+            "stage": job.stage_name,
             "step": step,
             "loss": stats.loss,
             "lr": stats.lr,
@@ -192,10 +198,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         if metrics_path is not None:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        is_checkpoint = step % stage["checkpoint_every"] == 0 or step == stage["steps"]
-        if not (is_checkpoint or step % stage["log_every"] == 0):
+        is_checkpoint = step % stage.checkpoint_every == 0 or step == stage.steps
+        if not (is_checkpoint or step % stage.log_every == 0):
             continue
-        _export(cfg, rank, row)
+        _export(job, rank, row)
         if is_checkpoint:
             train_state = {"step": step, "data_position": position.to_state()}
             _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history)
@@ -203,15 +209,15 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             ray.train.report(row)
         if rank == 0:
             print(
-                f"[{cfg['label']}] step {step}/{stage['steps']} loss {row['loss']:.4f} lr {row['lr']:.2e} "
+                f"[{job.label}] step {step}/{stage.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
                 f"tok/s {row['tokens_per_s']:.0f} wait {row['data_wait_fraction']:.1%}",
                 flush=True,
             )
 
 
-def _export(cfg: dict[str, Any], rank: int, row: dict[str, Any]) -> None:
+def _export(job: TrainJob, rank: int, row: dict[str, Any]) -> None:
     """This worker's figures to Prometheus (mm1_train_*), before the report that may wait on a checkpoint."""
-    metrics.train_progress(cfg.get("run", ""), cfg["stage"], cfg.get("candidate", ""), rank, row)
+    metrics.train_progress(job.run, job.stage_name, job.candidate, rank, row)
 
 
 def _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history) -> None:

@@ -21,7 +21,7 @@ def stable_hash(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _under(key: str, prefixes: Iterable[str]) -> bool:
+def under(key: str, prefixes: Iterable[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -35,7 +35,7 @@ def select_keys(config: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         picked[key] = node
-    swept = {k: v for k, v in (config.get("sweep") or {}).items() if _under(k, keys)}
+    swept = {k: v for k, v in (config.get("sweep") or {}).items() if under(k, keys)}
     if swept and "sweep" not in keys:
         picked["sweep entries"] = swept
     return picked

@@ -1,4 +1,5 @@
-"""The Ray-cluster backend: a workflow becomes a Ray Job (visible in the dashboard) that runs `mm1 run`.
+"""The Ray-cluster backend's launch (mm1.workflow.backends): a workflow becomes a Ray Job (visible in the
+dashboard) that runs `mm1 run`.
 
 The job carries what it needs: the workflow file (working_dir) and this package's code (py_modules), so the
 cluster's image only needs the dependencies. Ray 2.59+ clusters use token authentication: the client turns

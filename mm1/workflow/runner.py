@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mm1 import metrics
 from mm1.config import Workflow, dump, to_dict
@@ -21,6 +21,7 @@ from mm1.workflow.fingerprint import step_fingerprint
 from mm1.workflow.rundir import RunDir
 
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -36,10 +37,14 @@ class StepContext:
         """The step's folder in the run directory: what Ray tasks write to and what outputs point at."""
         return self.rundir.step_uri(self.out.name)
 
+    def inputs(self, step: str, kind: type[T]) -> T:
+        """An upstream step's outputs, typed (`kind` is a dataclass of mm1.workflow.outputs)."""
+        return kind.from_dict(self.upstream[step]["outputs"])  # type: ignore[attr-defined]
+
 
 @dataclass
 class StepResult:
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: Any = field(default_factory=dict)  # a dataclass of mm1.workflow.outputs (or a plain dict)
     headline: dict[str, Any] = field(default_factory=dict)  # a few figures for `mm1 status`
     figures: list[str] = field(default_factory=list)
 
@@ -142,7 +147,7 @@ def run_workflow(
             "started": started,
             "finished": now(),
             "duration_s": round(duration, 2),
-            "outputs": result.outputs,
+            "outputs": asdict(result.outputs) if is_dataclass(result.outputs) else result.outputs,
             "headline": result.headline,
             "figures": result.figures,
         }

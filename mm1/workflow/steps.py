@@ -9,67 +9,76 @@ from __future__ import annotations
 import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mm1 import storage
 from mm1.workflow.fingerprint import stable_hash
+from mm1.workflow.outputs import (
+    Checkpoint,
+    Dataset,
+    EvalOutputs,
+    IngestOutputs,
+    ReportOutputs,
+    SelectOutputs,
+    TrainedRun,
+    TrainOutputs,
+    group_units,
+    projected_overrides,
+)
 from mm1.workflow.runner import Step, StepContext, StepResult
 from mm1.workflow.sweep import Candidate, candidates
+
+if TYPE_CHECKING:
+    from mm1.eval.run_summary import RunSummary
 
 # Settings that do not change what a training run computes: changing them continues the same run.
 _CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures")
 
 
-def image_tokens_per_image(model_cfg: Any) -> int:
-    from mm1.data.preprocess import crops_per_image
-
-    return model_cfg.connector.num_tokens * crops_per_image(model_cfg.image_grid)
-
-
 # ------------------------------------------------------------------------------------------------ ingest
 
 
-INGEST_OUTPUTS = ("pretrain", "sft", "tokenizer", "stats.json")
+# What each step reads of the workflow; a unit of a step is a distinct setting of its keys and its ancestors'.
+INGEST_READS = ("data",)
+PRETRAIN_READS = ("model", "pretrain", "packing.seq_len", "packing.max_images")
+SFT_READS = ("sft",)
+PRETRAIN_UNIT = INGEST_READS + PRETRAIN_READS
+SFT_UNIT = PRETRAIN_UNIT + SFT_READS
 
 
-def data_variants(wf: Any) -> dict[str, tuple[Any, list[str]]]:
-    """The distinct `data` sections among the candidates (a sweep over data.* makes several): a key naming
-    each (a hash of the section) -> (a workflow with it, the candidates that train on it)."""
-    variants: dict[str, tuple[Any, list[str]]] = {}
-    for cand in candidates(wf):
-        key = "data-" + stable_hash(dataclasses.asdict(cand.workflow.data))[:10]
-        variants.setdefault(key, (cand.workflow, []))[1].append(cand.name)
-    return variants
+def data_variants(wf: Any) -> dict[str, Candidate]:
+    """The distinct `data` sections among the candidates (a sweep over data.* makes several), by unit."""
+    return group_units(candidates(wf), INGEST_READS)
 
 
 def run_ingest(ctx: StepContext) -> StepResult:
     """One ingest per distinct data section; a single one writes the step's folder itself, several write a
-    subfolder each. Outputs name locations in the run folder, so a training step on any node (or a later
-    driver) reads them: {"datasets": {key: {pretrain, sft, tokenizer, stats.json}}, "candidates": {name: key}}."""
+    subfolder each (named by their unit). Outputs name locations in the run folder, so a training step on any
+    node (or a later driver) reads them."""
     from mm1.data.ingest import run_ingest as ingest
 
     variants = data_variants(ctx.wf)
-    datasets: dict[str, dict[str, str]] = {}
+    datasets: dict[str, Dataset] = {}
     totals: dict[str, int] = {}
-    for key, (wf, names) in variants.items():
+    for unit, cand in variants.items():
         out, out_uri = (
-            (ctx.out, ctx.out_uri) if len(variants) == 1 else (ctx.out / key, storage.join(ctx.out_uri, key))
+            (ctx.out, ctx.out_uri)
+            if len(variants) == 1
+            else (ctx.out / unit, storage.join(ctx.out_uri, unit))
         )
         if len(variants) > 1:
-            ctx.log(f"[ingest] {key} for candidate(s) {', '.join(names)}")
-        stats = ingest(wf, out, out_uri)
-        datasets[key] = {name: storage.join(out_uri, name) for name in INGEST_OUTPUTS}
+            ctx.log(f"[ingest] {unit}")
+        stats = ingest(cand.workflow.data, out, out_uri)
+        datasets[unit] = Dataset(
+            pretrain=storage.join(out_uri, "pretrain"),
+            sft=storage.join(out_uri, "sft"),
+            tokenizer=storage.join(out_uri, "tokenizer"),
+            stats=storage.join(out_uri, "stats.json"),
+        )
         for figure in ("records_kept", "records_dropped", "tokens", "images"):
             totals[figure] = totals.get(figure, 0) + stats.get(figure, 0)
-    by_candidate = {name: key for key, (_, names) in variants.items() for name in names}
     headline = {"datasets": len(datasets), **totals} if len(datasets) > 1 else totals
-    return StepResult(outputs={"datasets": datasets, "candidates": by_candidate}, headline=headline)
-
-
-def candidate_dataset(ingest: dict[str, Any], candidate: str) -> tuple[str, dict[str, str]]:
-    """(the dataset's key, its locations) a candidate trains on, from the ingest step's manifest."""
-    key = ingest["outputs"]["candidates"][candidate]
-    return key, ingest["outputs"]["datasets"][key]
+    return StepResult(outputs=IngestOutputs(list(INGEST_READS), datasets), headline=headline)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -87,55 +96,62 @@ def should_materialize(mode: str, estimate_bytes: int, budget_bytes: float) -> b
     return mode == "always" or (mode == "auto" and estimate_bytes <= budget_bytes)
 
 
-def _lineage(ctx: StepContext, stage_name: str, cand: Candidate, parent: str) -> str:
+def _lineage(stage_name: str, wf: Any, parent: str) -> str:
     """Identity of a training run minus the settings a run can be continued under (e.g. more steps)."""
-    wf = cand.workflow
     stage = {k: v for k, v in dataclasses.asdict(getattr(wf, stage_name)).items() if k not in _CONTINUABLE}
     model = dataclasses.asdict(wf.model)
     data = {"seq_len": wf.packing.seq_len, "max_images": wf.packing.max_images}
     return stable_hash({"stage": stage, "model": model, "data": data, "parent": parent})[:10]
 
 
-def _train_candidates(
-    ctx: StepContext, stage_name: str, parents: dict[str, dict[str, Any]] | None
-) -> StepResult:
+def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...]) -> StepResult:
+    """One Ray Train run per unit of the stage (candidates sharing every setting the stage and its
+    ancestors read share the run)."""
     import ray
 
     from mm1.data.loader import build_train_dataset, packed_bytes_estimate
-    from mm1.data.preprocess import crops_per_image
+    from mm1.data.preprocess import crops_per_image, image_tokens_per_image
     from mm1.train.launch import fit_stage
 
-    ingest = ctx.upstream["ingest"]
+    ingest = ctx.inputs("ingest", IngestOutputs)
+    parents = ctx.inputs("pretrain", TrainOutputs) if stage_name == "sft" else None
     ray_storage = storage.join(ctx.out_uri, "ray")
-    cands = candidates(ctx.wf)
+    units = group_units(candidates(ctx.wf), unit_reads)
     stage_cfg = getattr(ctx.wf, stage_name)
     cpus = ray.cluster_resources().get("CPU", 1)
     per_run = stage_cfg.num_workers * stage_cfg.cpus_per_worker
-    concurrent = concurrent_runs(len(cands), cpus, per_run)
-    ctx.log(f"[{stage_name}] {len(cands)} candidate(s), {concurrent} at a time")
+    concurrent = concurrent_runs(len(units), cpus, per_run)
+    shared = len(candidates(ctx.wf)) - len(units)
+    ctx.log(
+        f"[{stage_name}] {len(units)} run(s), {concurrent} at a time"
+        + (
+            f" ({shared} candidate(s) share a run: they differ only in keys this stage does not read)"
+            if shared
+            else ""
+        )
+    )
     store_budget = ray.cluster_resources().get("object_store_memory", 0) / 4 / concurrent
 
-    def train_one(cand: Candidate) -> tuple[str, dict[str, Any]]:
+    def train_one(unit: str, cand: Candidate) -> tuple[str, TrainedRun]:
         wf = cand.workflow
         stage = getattr(wf, stage_name)
-        parent_entry = (parents or {}).get(cand.name)
-        data_key, data = candidate_dataset(ingest, cand.name)
-        shard_dir, tokenizer = data[stage_name], data["tokenizer"]
-        stats = json.loads(storage.read_text(data["stats.json"]))
+        parent = parents.for_candidate(cand) if parents else None
+        data = ingest.for_candidate(cand)
+        stats = json.loads(storage.read_text(data.stats))
         # A pre-training run descends from its data (the data section's hash), SFT from its pre-training run.
-        parent_key = parent_entry["run_path"] if parent_entry else data_key
-        run_name = f"{cand.name}-{_lineage(ctx, stage_name, cand, parent_key)}"
+        parent_key = parent.run_path if parent else stable_hash(dataclasses.asdict(wf.data))
+        run_name = f"{unit}-{_lineage(stage_name, wf, parent_key)}"
         dataset = build_train_dataset(
-            shard_dir,
-            tokenizer=tokenizer,
+            getattr(data, stage_name),
+            tokenizer=data.tokenizer,
             image_size=wf.model.image_size,
             image_grid=wf.model.image_grid,
-            image_tokens_per_image=image_tokens_per_image(wf.model),
+            image_tokens_per_image=image_tokens_per_image(wf.model.connector.num_tokens, wf.model.image_grid),
             seq_len=wf.packing.seq_len,
             max_images=wf.packing.max_images,
             seed=stage.seed,
         )
-        dataset.set_name(f"{wf.run_name}-{stage_name}-{cand.name}")  # how it reads in the Ray dashboard
+        dataset.set_name(f"{wf.run_name}-{stage_name}-{unit}")  # how it reads in the Ray dashboard
         estimate = packed_bytes_estimate(
             stats.get(stage_name, {}).get("tokens", 0),
             stats.get("images", 0),
@@ -147,59 +163,56 @@ def _train_candidates(
         if materialized:
             dataset = dataset.materialize()  # packed once; every pass then reads the object store
         ctx.log(
-            f"[{stage_name}:{cand.name}] packed rows {'materialized' if materialized else 'streamed'} "
+            f"[{stage_name}:{unit}] packed rows {'materialized' if materialized else 'streamed'} "
             f"(estimate {estimate / 2**20:.0f} MiB, budget {store_budget / 2**20:.0f} MiB, "
             f"packing.materialize={wf.packing.materialize})"
         )
-        metrics_path = ctx.out / "metrics" / f"{cand.name}.jsonl"
+        metrics_path = ctx.out / "metrics" / f"{unit}.jsonl"
         # Rank 0 appends each step's row to a live file only where the driver can see it (a local run
         # folder); the driver writes the checkpoint's history there at the end either way.
         live_metrics = None if ctx.rundir.remote else str(metrics_path)
         outcome = fit_stage(
             stage_name=stage_name,
             stage=stage,
-            label=f"{stage_name}:{cand.name}",
+            label=f"{stage_name}:{unit}",
             run_name=run_name,
             storage_path=ray_storage,
             dataset=dataset,
-            model_cfg=dataclasses.asdict(wf.model),
-            tokenizer_dir=tokenizer,
+            model_cfg=wf.model,
+            tokenizer_dir=data.tokenizer,
             seq_len=wf.packing.seq_len,
-            init_checkpoint=parent_entry["checkpoints"][-1]["uri"] if parent_entry else None,
+            init_checkpoint=parent.last.uri if parent else None,
             metrics_path=live_metrics,
             run=wf.run_name,
-            candidate=cand.name,
+            candidate=unit,
         )
         if not outcome.checkpoints or outcome.checkpoints[-1]["step"] != stage.steps:
             raise RuntimeError(
-                f"{stage_name} of candidate '{cand.name}' ended without a checkpoint at step {stage.steps} "
+                f"{stage_name} run '{unit}' ended without a checkpoint at step {stage.steps} "
                 f"(found: {[c['step'] for c in outcome.checkpoints]})"
             )
         # The checkpoint's history is authoritative: steps after the last checkpoint of a killed run are gone.
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in outcome.history))
-        return cand.name, {
-            "overrides": cand.overrides,
-            "run_path": outcome.run_path,
-            "checkpoints": outcome.checkpoints,
-            "metrics": storage.join(ctx.out_uri, "metrics", metrics_path.name),
-            "final_loss": outcome.history[-1]["loss"] if outcome.history else None,
-            "mean_data_wait_fraction": _mean_tail(outcome.history, "data_wait_fraction"),
-            "tokens_per_s": _mean_tail(outcome.history, "tokens_per_s"),
-        }
+        return unit, TrainedRun(
+            overrides=projected_overrides(cand, unit_reads),
+            run_path=outcome.run_path,
+            checkpoints=[Checkpoint(int(c["step"]), c["uri"]) for c in outcome.checkpoints],
+            metrics=storage.join(ctx.out_uri, "metrics", metrics_path.name),
+            final_loss=outcome.history[-1]["loss"] if outcome.history else None,
+            mean_data_wait_fraction=_mean_tail(outcome.history, "data_wait_fraction"),
+            tokens_per_s=_mean_tail(outcome.history, "tokens_per_s"),
+        )
 
     with ThreadPoolExecutor(max_workers=concurrent) as pool:
-        results = dict(pool.map(train_one, cands))
-    best = min(
-        results.values(), key=lambda r: r["final_loss"] if r["final_loss"] is not None else float("inf")
-    )
-    headline = {"candidates": len(results), "best_final_loss": best["final_loss"]}
-    waits = [
-        r["mean_data_wait_fraction"] for r in results.values() if r["mean_data_wait_fraction"] is not None
-    ]
+        runs = dict(pool.map(lambda item: train_one(*item), units.items()))
+    losses = [r.final_loss for r in runs.values() if r.final_loss is not None]
+    headline: dict[str, Any] = {"runs": len(runs), "best_final_loss": min(losses) if losses else None}
+    waits = [r.mean_data_wait_fraction for r in runs.values() if r.mean_data_wait_fraction is not None]
     if waits:
         headline["data_wait_fraction"] = max(waits)
-    return StepResult(outputs={"candidates": results}, headline=headline)
+    outputs = TrainOutputs(stage_name, list(unit_reads), runs, use_gpu=stage_cfg.use_gpu)
+    return StepResult(outputs=outputs, headline=headline)
 
 
 def _mean_tail(history: list[dict[str, Any]], key: str) -> float | None:
@@ -209,40 +222,47 @@ def _mean_tail(history: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_pretrain(ctx: StepContext) -> StepResult:
-    return _train_candidates(ctx, "pretrain", parents=None)
+    return _train_units(ctx, "pretrain", PRETRAIN_UNIT)
 
 
 def run_sft(ctx: StepContext) -> StepResult:
-    parents = ctx.upstream["pretrain"]["outputs"]["candidates"]
     if not ctx.wf.sft.enabled:
         ctx.log("[sft] disabled: the pre-trained checkpoints go on to evaluation")
-        return StepResult(outputs={"candidates": parents}, headline={"skipped": "sft.enabled=false"})
-    return _train_candidates(ctx, "sft", parents=parents)
+        parents = ctx.inputs("pretrain", TrainOutputs)
+        return StepResult(outputs=parents, headline={"skipped": "sft.enabled=false"})
+    return _train_units(ctx, "sft", SFT_UNIT)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def run_evaluate(ctx: StepContext) -> StepResult:
-    from mm1.eval.evaluate import evaluate_candidates
+def trained_by_candidate(ctx: StepContext, step: str) -> dict[str, dict[str, Any]]:
+    """Each candidate's run of a training step, by candidate name (what evaluation and the report list)."""
+    outputs = ctx.inputs(step, TrainOutputs)
+    return {c.name: dataclasses.asdict(outputs.for_candidate(c)) for c in candidates(ctx.wf)}
 
-    trained = ctx.upstream["sft"]["outputs"]["candidates"]
-    pretrained = ctx.upstream["pretrain"]["outputs"]["candidates"]
-    results = evaluate_candidates(ctx.wf, trained, pretrained, ctx.out, log=ctx.log)
-    return StepResult(outputs=results["outputs"], headline=results["headline"])
+
+def run_evaluate(ctx: StepContext) -> StepResult:
+    from mm1.eval.evaluate import EvalSpec, evaluate_candidates
+
+    wf, trained = ctx.wf, ctx.inputs("sft", TrainOutputs)
+    spec = EvalSpec(wf.evaluate, wf.select, wf.data.shapes.seed, trained.stage, trained.use_gpu)
+    results = evaluate_candidates(
+        spec, trained_by_candidate(ctx, "sft"), trained_by_candidate(ctx, "pretrain"), ctx.out, log=ctx.log
+    )
+    return StepResult(outputs=EvalOutputs.from_dict(results["outputs"]), headline=results["headline"])
 
 
 def run_select(ctx: StepContext) -> StepResult:
+    from mm1 import metrics
     from mm1.eval.select import select_winner
 
-    evaluation = ctx.upstream["evaluate"]["outputs"]
-    from mm1 import metrics
-
-    for result in evaluation["results"]:
+    evaluation = ctx.inputs("evaluate", EvalOutputs)
+    for result in evaluation.results:
         for name, value in result["metrics"].items():
             if value is not None:
                 metrics.eval_score(ctx.wf.name, result["candidate"], name, value)
-    winner = select_winner(evaluation["results"], ctx.wf.select.metric, ctx.wf.select.mode, out_dir=ctx.out)
+    winner = select_winner(evaluation.results, ctx.wf.select.metric, ctx.wf.select.mode, out_dir=ctx.out)
     record = winner.to_dict()
     margin = record["margin_over_other_candidate"]
     ctx.log(
@@ -250,71 +270,66 @@ def run_select(ctx: StepContext) -> StepResult:
         + (f" (ahead of the next candidate by {margin:.4f})" if margin is not None else "")
     )
     headline = {"winner": record["candidate"], record["metric"]: record["value"]}
-    return StepResult(outputs={"winner": record}, headline=headline)
+    return StepResult(outputs=SelectOutputs(record), headline=headline)
 
 
 def run_deploy(ctx: StepContext) -> StepResult:
+    # The backend decides how: a Serve app on this Ray (local, Ray cluster) or a RayService (Kubernetes).
+    from mm1.workflow.backends import backend
+
     winner = ctx.upstream["select"]["outputs"]["winner"]
-    if ctx.wf.cluster.backend == "k8s" and ctx.wf.deploy.enabled:
-        # On Kubernetes the winner is served by a RayService of its own, outliving this job's cluster.
-        from mm1.k8s.submit import apply_service
-
-        url = apply_service(ctx.wf, winner["checkpoint"])
-        return StepResult(
-            outputs={"url": url, "model": ctx.wf.deploy.model_name or ctx.wf.name}, headline={"endpoint": url}
-        )
-    from services.deploy import deploy_winner
-
-    endpoint = deploy_winner(ctx.wf, winner, ctx.out, log=ctx.log)
+    endpoint = backend(ctx.wf.cluster.backend).deploy(ctx.wf, winner, ctx.out, log=ctx.log)
     return StepResult(outputs=endpoint, headline={"endpoint": endpoint.get("url", "")})
 
 
-def build_run_summary(ctx: StepContext) -> dict[str, Any]:
-    """The report's input (schema in mm1.eval.report) from the upstream manifests."""
+def build_run_summary(ctx: StepContext) -> RunSummary:
+    """The report's input from the upstream manifests."""
+    from mm1.eval.run_summary import CandidateCurves, RunSummary
+
     up = ctx.upstream
-    pretrained = up["pretrain"]["outputs"]["candidates"]
-    trained = up["sft"]["outputs"]["candidates"]
-    evaluation = up["evaluate"]["outputs"]
-    candidates_ = []
-    for name, entry in pretrained.items():
-        files = [entry["metrics"]]
-        if ctx.wf.sft.enabled and name in trained:
-            files.append(trained[name]["metrics"])
-        candidates_.append({"name": name, "overrides": entry["overrides"], "metrics_files": files})
-    return {
-        "name": ctx.wf.run_name,
-        "description": ctx.wf.description,
-        "candidates": candidates_,
-        "eval": evaluation["results"],
-        "baselines": evaluation["baseline"]["metrics"],
-        "baseline_source": evaluation["baseline"]["source"],
-        "selection": {"metric": ctx.wf.select.metric, "mode": ctx.wf.select.mode},
-        "winner": up["select"]["outputs"]["winner"],
-        "sweep_keys": list(ctx.wf.sweep),
-        "step_times": {name: m.get("duration_s") for name, m in up.items()},
-    }
+    pretrained = ctx.inputs("pretrain", TrainOutputs)
+    trained = ctx.inputs("sft", TrainOutputs)
+    evaluation = ctx.inputs("evaluate", EvalOutputs)
+    curves = []
+    for cand in candidates(ctx.wf):
+        files = [pretrained.for_candidate(cand).metrics]
+        if trained.stage == "sft":
+            files.append(trained.for_candidate(cand).metrics)
+        curves.append(CandidateCurves(cand.name, cand.overrides, files))
+    return RunSummary(
+        name=ctx.wf.run_name,
+        description=ctx.wf.description,
+        candidates=curves,
+        eval=evaluation.results,
+        baselines=evaluation.baseline.metrics,
+        baseline_source=evaluation.baseline.source,
+        selection={"metric": ctx.wf.select.metric, "mode": ctx.wf.select.mode},
+        winner=ctx.inputs("select", SelectOutputs).winner,
+        sweep_keys=list(ctx.wf.sweep),
+        step_times={name: m.get("duration_s") for name, m in up.items()},
+    )
 
 
 def run_report(ctx: StepContext) -> StepResult:
     from mm1.eval.report import write_report
 
     page = write_report(ctx.out, build_run_summary(ctx))
-    return StepResult(outputs={"html": str(page)}, headline={"report": str(page)}, figures=[str(page)])
+    return StepResult(outputs=ReportOutputs(str(page)), headline={"report": str(page)}, figures=[str(page)])
 
 
 def workflow_steps() -> list[Step]:
     return [
         # A step's keys are what it reads (packing.materialize changes how rows are held, not what they
         # are, so no step lists it); sweep entries under a step's keys join its fingerprint (runner).
-        Step("ingest", (), ("data",), run_ingest),
+        Step("ingest", (), INGEST_READS, run_ingest),
         Step(
             "pretrain",
             ("ingest",),
-            ("model", "pretrain", "sweep", "packing.seq_len", "packing.max_images"),
+            PRETRAIN_READS,
             run_pretrain,
             reset_on_rerun=False,
         ),
-        Step("sft", ("pretrain",), ("sft",), run_sft, reset_on_rerun=False),
+        Step("sft", ("pretrain",), SFT_READS, run_sft, reset_on_rerun=False),
         # The baseline comes from the Shapes seed; the headline and the tables from the select section.
         Step("evaluate", ("sft",), ("evaluate", "select", "data.shapes.seed"), run_evaluate),
         Step("select", ("evaluate",), ("select",), run_select),

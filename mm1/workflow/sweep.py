@@ -17,7 +17,7 @@ class Candidate:
     workflow: Workflow | None = None
 
 
-def _slug(key: str, value: Any) -> str:
+def slug(key: str, value: Any) -> str:
     short = key.removeprefix("model.").removeprefix("pretrain.").removeprefix("data.")
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", f"{short}-{value}")
 
@@ -30,6 +30,6 @@ def candidates(wf: Workflow) -> list[Candidate]:
     out = []
     for values in itertools.product(*(wf.sweep[k] for k in keys)):
         overrides = dict(zip(keys, values, strict=True))
-        name = "__".join(_slug(k, v) for k, v in overrides.items())
+        name = "__".join(slug(k, v) for k, v in overrides.items())
         out.append(Candidate(name, overrides, with_overrides(wf, overrides)))
     return out

@@ -23,5 +23,5 @@ def shapes_ingest(ray_session, tmp_path_factory):
     from mm1.data.ingest import run_ingest
 
     out = tmp_path_factory.mktemp("ingest")
-    stats = run_ingest(small_workflow(), out, progress=False)
+    stats = run_ingest(small_workflow().data, out, progress=False)
     return out, stats

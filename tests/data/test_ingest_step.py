@@ -92,7 +92,7 @@ def test_sft_labels_only_on_answers(shapes_ingest):
 
 def test_same_seed_same_shards(shapes_ingest, tmp_path):
     out, _ = shapes_ingest
-    run_ingest(small_workflow(), tmp_path, progress=False)
+    run_ingest(small_workflow().data, tmp_path, progress=False)
     for split in ("pretrain", "sft"):
         a, b = read_split(out / split), read_split(tmp_path / split)
         assert a.equals(b)
@@ -129,7 +129,7 @@ def named_workflow(root, max_bad: float):
 def test_named_corpora_with_a_few_corrupt_records(tmp_path):
     (tmp_path / "in").mkdir()
     write_named_corpora(tmp_path / "in", bad_captions=2)
-    stats = run_ingest(named_workflow(tmp_path / "in", 0.1), tmp_path / "out", progress=False)
+    stats = run_ingest(named_workflow(tmp_path / "in", 0.1).data, tmp_path / "out", progress=False)
     assert not stats["generated_shapes"] and not (tmp_path / "out" / "corpora").exists()
     assert stats["records_read"] == 22 + 1 + 21 + 11
     assert stats["dropped"]["by_reason"] == {
@@ -149,6 +149,6 @@ def test_too_many_corrupt_records_fail_naming_the_worst_file(tmp_path):
     (tmp_path / "in").mkdir()
     write_named_corpora(tmp_path / "in", bad_captions=12)
     with pytest.raises(IngestError, match=r"caps\.tar \(12 bad: not_an_image 6, truncated_image 6\)"):
-        run_ingest(named_workflow(tmp_path / "in", 0.05), tmp_path / "out", progress=False)
+        run_ingest(named_workflow(tmp_path / "in", 0.05).data, tmp_path / "out", progress=False)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["records_dropped"] == 12 + 1 + 1 and "max_bad_fraction" in stats["error"]

@@ -13,7 +13,14 @@ import ray
 
 from mm1.data.mixture import plan_mixture, quotas
 from mm1.data.records import Record
-from mm1.data.stages import VERIFIED_SCHEMA, Layout, tokenize_mix_write, verified_row
+from mm1.data.stages import (
+    ROW_GROUP_ROWS,
+    ROWS_PER_FILE,
+    VERIFIED_SCHEMA,
+    Layout,
+    tokenize_mix_write,
+    verified_row,
+)
 from mm1.data.tokenizer import train_bpe_tokenizer
 
 DECLARED = {"interleaved": 0.45, "captions": 0.45, "text": 0.10}
@@ -82,13 +89,19 @@ def test_5000_sample_mixture_through_ray_data(ray_session, tmp_path):
         Layout(((0, 5000, str(tmp_path / "pretrain")),)),
         tmp_path / "s",
     )
-    assert len(written) == 10 and not (tmp_path / "s").exists()
+    assert len(written) == -(-5000 // ROWS_PER_FILE) and not (tmp_path / "s").exists()
+    # Files of ROWS_PER_FILE samples (the last one the rest), in row groups of ROW_GROUP_ROWS: the loader's unit.
+    for f in written:
+        meta_f = pq.ParquetFile(f).metadata
+        groups = [meta_f.row_group(g).num_rows for g in range(meta_f.num_row_groups)]
+        assert all(n == ROW_GROUP_ROWS for n in groups[:-1]) and 0 < groups[-1] <= ROW_GROUP_ROWS
+    assert [pq.ParquetFile(f).metadata.num_rows for f in written[:-1]] == [ROWS_PER_FILE] * (len(written) - 1)
     sources = [s for f in written for s in pq.read_table(f, columns=["source"]).column("source").to_pylist()]
     assert len(sources) == 5000
     realized = {s: n / 5000 for s, n in Counter(sources).items()}
     for source, weight in DECLARED.items():
         assert abs(realized[source] - weight) <= 0.02, json.dumps(realized)
-    # the stream is interleaved: every 512-sample file holds all three sources near their shares
+    # the stream is interleaved: every file holds all three sources near their shares
     first = Counter(pq.read_table(written[0], columns=["source"]).column("source").to_pylist())
-    assert set(first) == set(DECLARED) and abs(first["text"] / 512 - 0.10) < 0.05
+    assert set(first) == set(DECLARED) and abs(first["text"] / ROWS_PER_FILE - 0.10) < 0.05
     assert int(np.sum(meta.column("copies").to_numpy())) == 5000

@@ -35,7 +35,7 @@ def bucket_ingest(shapes_ingest, s3_server, tmp_path_factory):
     c.text, c.sft = [f"{bucket}/corpora/text"], [f"{bucket}/corpora/sft/00000.json"]
     staging = tmp_path_factory.mktemp("driver-staging")
     out_uri = f"{bucket}/run/ingest"
-    stats = run_ingest(wf, staging, out_uri, progress=False)
+    stats = run_ingest(wf.data, staging, out_uri, progress=False)
     return staging, out_uri, stats
 
 
@@ -74,7 +74,7 @@ def test_generated_shapes_go_straight_to_the_bucket(s3_bucket, tmp_path):
     wf.data.shapes.caption_samples, wf.data.shapes.interleaved_docs = 20, 6
     wf.data.shapes.text_samples, wf.data.shapes.sft_samples = 10, 12
     out_uri = f"{s3_bucket}/run/ingest"
-    stats = run_ingest(wf, tmp_path, out_uri, progress=False)
+    stats = run_ingest(wf.data, tmp_path, out_uri, progress=False)
     assert stats["generated_shapes"] and stats["records_kept"] == 20 + 6 + 10 + 12
     assert storage.is_file(f"{out_uri}/corpora/captions/00000.tar")
     assert storage.list_files(f"{out_uri}/corpora/sft/images", recursive=True)  # SFT images beside the JSON

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from eval_helpers import write_coco_and_vqav2
 
+from mm1.data import shapes
+from mm1.data.shapes_corpus import write_shapes_eval
 from mm1.eval.coco import BenchmarkFileError, index_images, read_coco_captions, read_vqav2
 
 
@@ -77,3 +79,15 @@ def test_malformed_files_name_the_file_and_entry(files, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(BenchmarkFileError, match="not valid JSON"):
         read_vqav2(str(bad), files["vqav2_annotations"], files["vqav2_images"])
+
+
+def test_shapes_eval_files_read_back(tmp_path):
+    """write_shapes_eval writes the formats these readers take (one reader for COCO and VQAv2 files)."""
+    paths = {k: str(v) for k, v in write_shapes_eval(tmp_path, num_scenes=12, seed=1_000_003).items()}
+    captions = read_coco_captions(paths["coco_annotations"], paths["images"])
+    assert len(captions) == 12 and all(len(c.references) == 3 for c in captions)
+    questions = read_vqav2(paths["vqav2_questions"], paths["vqav2_annotations"], paths["images"])
+    assert len(questions) >= 12 * 3 and all(len(set(q.references)) == 1 for q in questions)
+    question_types = {shapes.QUESTION_TYPES[int(q.key) % 10] for q in questions}
+    assert question_types >= {"count_all", "count_kind", "exists"}
+    assert {q.type for q in questions} == {"number", "other"}

@@ -18,7 +18,7 @@ from eval_helpers import save_tiny_checkpoint, write_coco_and_vqav2
 
 from mm1 import config
 from mm1.eval.cider import cider_d
-from mm1.eval.evaluate import evaluate_candidates
+from mm1.eval.evaluate import EvalSpec, evaluate_candidates
 from mm1.eval.select import select_winner
 from mm1.eval.table import BASELINE_LABEL
 from mm1.eval.vqa import answer_score
@@ -63,7 +63,7 @@ def all_benchmarks(real_files) -> config.Workflow:
 def _run(wf, checkpoint: str, out: Path) -> tuple[dict, list[str]]:
     candidates = {"tiny": {"checkpoints": [{"step": 3, "uri": checkpoint}]}}
     lines: list[str] = []
-    result = evaluate_candidates(wf, candidates, candidates, out, log=lines.append)
+    result = evaluate_candidates(EvalSpec.of(wf), candidates, candidates, out, log=lines.append)
     return result, lines
 
 
@@ -207,7 +207,7 @@ def test_after_sft_kshot_scores_come_from_the_pretrained_checkpoint(ray_session,
         "tiny": {"checkpoints": [{"step": 2, "uri": "/never/evaluated"}, {"step": 3, "uri": checkpoint}]}
     }
     out = tmp_path / "out"
-    result = evaluate_candidates(wf, trained, pretrained, out, log=lambda *_: None)
+    result = evaluate_candidates(EvalSpec.of(wf), trained, pretrained, out, log=lambda *_: None)
     (row,) = result["outputs"]["results"]
     assert (row["stage"], row["checkpoint"], row["step"]) == ("sft", sft_uri, 5)
     assert row["kshot"] == {

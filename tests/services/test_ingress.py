@@ -95,3 +95,35 @@ def test_a_missing_binary_fails_before_ray_starts(no_haproxy):
 def test_cluster_pods_get_haproxy_unless_the_proxy_is_asked_for():
     assert ingress.cluster_env("auto") == ingress.cluster_env("haproxy") == {ENABLE: "1"}
     assert ingress.cluster_env("proxy") == {ENABLE: "0"}
+
+
+@pytest.fixture
+def fake_ray_init(monkeypatch):
+    """ray.init recorded instead of run, for a process not yet connected to Ray."""
+    import ray
+
+    calls: list[dict] = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        return type("Context", (), {"dashboard_url": "127.0.0.1:8265"})()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    return calls
+
+
+def test_start_ray_prepares_the_ingress_of_a_local_ray_first(fake_haproxy, clean_env, fake_ray_init):
+    clean_env.delenv("RAY_ADDRESS", raising=False)
+    lines: list[str] = []
+    ingress.start_ray("proxy", lines.append, num_cpus=3)
+    assert fake_ray_init == [{"namespace": "mm1", "log_to_driver": True, "num_cpus": 3}]
+    assert os.environ[ENABLE] == "0"
+    assert lines == ["Serve ingress: proxy", "Ray dashboard: http://127.0.0.1:8265"]
+
+
+def test_start_ray_in_a_ray_job_joins_its_cluster_as_it_is(fake_haproxy, clean_env, fake_ray_init):
+    clean_env.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    ingress.start_ray("proxy", num_cpus=3)  # a local Ray's options do not apply to a cluster
+    assert fake_ray_init == [{"address": "auto", "namespace": "mm1", "log_to_driver": True}]
+    assert ENABLE not in os.environ  # the cluster's processes were started with their own

@@ -18,7 +18,7 @@ def test_builder_args_round_trip_and_reject_typos():
         ServeSettings.from_args({"checkpoint": "/ck", "max_batch_sise": 8})
     with pytest.raises(ValueError, match="checkpoint"):
         ServeSettings.from_args({"model_name": "m", "checkpoint": ""})
-    with pytest.raises(ValueError, match="stream_interval_s must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="stream_interval_s must be >= 0 seconds, got -1"):
         ServeSettings.from_args({"checkpoint": "/ck", "stream_interval_s": -1})
 
 
@@ -70,3 +70,26 @@ def test_the_builder_passes_a_digest_of_the_api_key_never_the_key(monkeypatch):
     assert "s3cret" not in repr(bound.init_args) + repr(bound.ray_actor_options)
     monkeypatch.delenv("SOME_KEY")
     assert build_app({"checkpoint": "/ck", "api_key_env": "SOME_KEY"})._bound_deployment.init_args[1] is None
+
+
+def test_serve_settings_share_the_deploy_sections_options_and_rules():
+    """One serving schema: every serving option of the deploy section reaches the replica, checked once."""
+    import dataclasses
+
+    from mm1.config import DeployConfig, ServingOptions
+
+    assert issubclass(ServeSettings, ServingOptions) and issubclass(DeployConfig, ServingOptions)
+    wf = loads("name: wf\ndeploy:\n  max_images: 2\n  image_dir: /imgs\n  image_fetch_timeout_s: 1.5\n")
+    settings = ServeSettings.from_deploy(wf.deploy, "/ck", "wf")
+    for option in dataclasses.fields(ServingOptions):
+        expected = "wf" if option.name == "model_name" else getattr(wf.deploy, option.name)
+        assert getattr(settings, option.name) == (
+            tuple(expected) if option.name == "allowed_image_hosts" else expected
+        )
+    # The same rule, the same words, whichever way the settings arrive.
+    with pytest.raises(ValueError, match="max_image_bytes must be at least 1, got 0"):
+        ServeSettings.from_args({"checkpoint": "/ck", "max_image_bytes": 0})
+    with pytest.raises(ValueError, match="deploy.max_image_bytes: must be at least 1, got 0"):
+        loads("name: wf\ndeploy:\n  max_image_bytes: 0\n")
+    with pytest.raises(ValueError, match=r"unknown autoscaling key\(s\) \['max'\]"):
+        ServeSettings.from_args({"checkpoint": "/ck", "autoscaling": {"max": 3}})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,5 +16,5 @@ def ingested(tmp_path_factory, ray_session) -> Ingested:
 
     wf = loads(WORKFLOW)
     out = Path(tmp_path_factory.mktemp("ingest"))
-    run_ingest(wf, out, progress=False)
-    return Ingested(str(out / "pretrain"), str(out / "tokenizer"), dataclasses.asdict(wf.model))
+    run_ingest(wf.data, out, progress=False)
+    return Ingested(str(out / "pretrain"), str(out / "tokenizer"), wf.model)

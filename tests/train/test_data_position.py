@@ -25,12 +25,14 @@ def test_skip_within_the_current_pass_once_its_length_is_known():
     assert position.skip_microbatches(workers=1, micro_batch=2) == 50
 
 
-def test_state_round_trip_and_older_checkpoints():
+def test_state_round_trip_in_the_one_saved_format():
     position = DataPosition(consumed=12, pass_sequences=40, pass_layout=(2, 2))
-    assert DataPosition.from_state({"data_position": position.to_state()}, batch_size=4) == position
-    assert DataPosition.from_state(None, batch_size=4) == DataPosition()
-    # Older checkpoints counted per-worker micro-batches; their step says as much.
-    assert DataPosition.from_state({"step": 3, "consumed_microbatches": 6}, batch_size=4).consumed == 12
+    saved = position.to_state()
+    assert saved == {"consumed": 12, "pass_sequences": 40, "pass_layout": (2, 2)}
+    assert DataPosition.from_state(saved) == position
+    # One format: a state without the position's fields is an error, not a guess from the step.
+    with pytest.raises(KeyError):
+        DataPosition.from_state({"step": 3})
 
 
 def packed_rows(ids: list[int]) -> dict[str, np.ndarray]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mm1.config import ModelConfig
 
 SEQ_LEN = 128
 IMAGE_SIZE = 32
@@ -28,7 +31,7 @@ model:
 class Ingested:
     shard_dir: str
     tokenizer_dir: str
-    model_cfg: dict[str, Any]
+    model_cfg: ModelConfig
 
     def dataset(self):
         from mm1.data.loader import build_train_dataset

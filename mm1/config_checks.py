@@ -1,0 +1,114 @@
+"""Rules a workflow must follow that types alone cannot express; each failure names the offending key.
+
+Names are checked against mm1.registry (freezable parts, benchmarks and the files a benchmark reads), the
+cluster and serving rules live with their sections (mm1.config_cluster, mm1.config_serving).
+"""
+
+from __future__ import annotations
+
+from mm1.config_cluster import check_cluster, check_storage
+from mm1.config_sections import TrainConfig, Workflow
+from mm1.config_serving import serving_problems
+from mm1.config_validate import SchemaChecker
+from mm1.registry import BENCHMARKS, FREEZABLE_PARTS, missing_benchmark_files
+
+# Keys that moved to another section: the old spelling gets an error that names the new one.
+MOVED_KEYS = {
+    "data.seq_len": "packing.seq_len",
+    "data.max_images": "packing.max_images",
+    "data.materialize": "packing.materialize",
+}
+
+
+def check_moved_keys(document: dict, checker: SchemaChecker) -> None:
+    sweep = document.get("sweep") if isinstance(document.get("sweep"), dict) else {}
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".", 1)
+        if isinstance(document.get(section), dict) and key in document[section]:
+            checker.fail(old, f"moved to {new}: write it under `{new.split('.')[0]}:`")
+        if old in sweep:
+            checker.fail(f"sweep.{old}", f"moved to {new}: sweep over {new}")
+
+
+def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
+    """Every cross-field rule of the workflow, section by section (the sweep is checked by mm1.config)."""
+    if not wf.name.strip():
+        checker.fail("name", "must not be empty")
+    check_storage(wf.storage, checker)
+    check_data(wf, checker)
+    for stage_name in ("pretrain", "sft"):
+        check_stage(stage_name, getattr(wf, stage_name), checker)
+    check_evaluation(wf, checker)
+    for key, message in serving_problems(wf.deploy):
+        checker.fail(f"deploy.{key}", message)
+    check_cluster(wf.cluster, checker)
+
+
+def check_data(wf: Workflow, checker: SchemaChecker) -> None:
+    fail = checker.fail
+    weights = wf.data.mixture
+    if min(weights.interleaved, weights.captions, weights.text) < 0 or (
+        weights.interleaved + weights.captions + weights.text <= 0
+    ):
+        fail("data.mixture", "weights must be >= 0 and sum to more than 0")
+    turns = wf.data.shapes
+    if not 1 <= turns.sft_min_turns <= turns.sft_max_turns:
+        fail(
+            "data.shapes.sft_min_turns",
+            f"must be at least 1 and at most sft_max_turns ({turns.sft_max_turns}), got {turns.sft_min_turns}",
+        )
+    if wf.packing.seq_len < 32:
+        fail("packing.seq_len", f"must be at least 32, got {wf.packing.seq_len}")
+    if wf.packing.max_images < 1:
+        fail("packing.max_images", f"must be at least 1, got {wf.packing.max_images}")
+    if not 0 <= wf.data.max_bad_fraction <= 1:
+        fail("data.max_bad_fraction", f"must be between 0 and 1, got {wf.data.max_bad_fraction}")
+
+
+def check_stage(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> None:
+    fail = checker.fail
+    for key in ("steps", "batch_size", "grad_accum", "num_workers", "checkpoint_every", "keep_checkpoints"):
+        if getattr(stage, key) < 1:
+            fail(f"{stage_name}.{key}", f"must be at least 1, got {getattr(stage, key)}")
+    if stage.shuffle_buffer < 0:
+        fail(f"{stage_name}.shuffle_buffer", f"must be 0 (off) or more rows, got {stage.shuffle_buffer}")
+    if stage.batch_size % (stage.num_workers * stage.grad_accum):
+        fail(
+            f"{stage_name}.batch_size",
+            f"{stage.batch_size} must be divisible by num_workers x grad_accum "
+            f"= {stage.num_workers} x {stage.grad_accum}",
+        )
+    for i, part in enumerate(stage.freeze):
+        if part not in FREEZABLE_PARTS:
+            fail(
+                f"{stage_name}.freeze[{i}]",
+                f"'{part}' is not a model part; expected one of: {', '.join(FREEZABLE_PARTS)}",
+            )
+    if stage.precision == "bf16" and not stage.use_gpu:
+        fail(
+            f"{stage_name}.precision",
+            "bf16 needs use_gpu: true (on CPU bf16 is emulated, ~400x slower); use fp32",
+        )
+    if stage.strategy == "fsdp" and not stage.use_gpu:
+        fail(f"{stage_name}.strategy", "fsdp needs use_gpu: true; use ddp on CPU")
+
+
+def check_evaluation(wf: Workflow, checker: SchemaChecker) -> None:
+    """The benchmarks exist and have their files; select ranks by a metric of one of them."""
+    fail = checker.fail
+    for i, bench in enumerate(wf.evaluate.benchmarks):
+        if bench not in BENCHMARKS:
+            fail(
+                f"evaluate.benchmarks[{i}]",
+                f"unknown benchmark '{bench}'; expected one of: {', '.join(BENCHMARKS)}",
+            )
+    for i, bench in enumerate(wf.evaluate.benchmarks):
+        for key in missing_benchmark_files(bench, wf.evaluate):
+            fail(f"evaluate.benchmarks[{i}]", f"benchmark '{bench}' needs {key} (a path)")
+    metric_bench = wf.select.metric.split("/", 1)[0]
+    if "/" not in wf.select.metric or metric_bench not in wf.evaluate.benchmarks:
+        fail(
+            "select.metric",
+            f"'{wf.select.metric}' must be BENCHMARK/METRIC with BENCHMARK one of evaluate.benchmarks "
+            f"({', '.join(wf.evaluate.benchmarks)}), e.g. shapes-vqa/overall",
+        )

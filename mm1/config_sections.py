@@ -1,0 +1,204 @@
+"""The workflow's sections, one typed dataclass each (OmegaConf structured configs), and `Workflow` itself.
+
+Every key a workflow file may set is here or in the modules these sections come from (mm1.config_cluster for
+`storage` and `cluster`, mm1.config_serving for `deploy`), with one comment per field. Names a key picks from
+a registry (presets, connectors, freezable parts, benchmarks) are checked against mm1.registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from mm1.config_cluster import ClusterConfig, StorageConfig
+from mm1.config_serving import DeployConfig
+from mm1.config_validate import choice
+from mm1.registry import CONNECTORS, PRESETS
+
+
+@dataclass
+class ShapesConfig:
+    # Generated when no corpora are named: scenes per corpus, and the seed (eval uses a disjoint seed).
+    caption_samples: int = 2000
+    interleaved_docs: int = 600
+    text_samples: int = 800
+    sft_samples: int = 2000
+    # Question/answer turns per SFT conversation, drawn uniformly in [min, max] (a scene has 5 to 7 questions,
+    # caption included): more turns per image train more answers per token of image features.
+    sft_min_turns: int = 1
+    sft_max_turns: int = 3
+    # Where the turns come from: "per-type" = one question of each type that applies (5 to 7, caption
+    # included); "every" = every question the table allows (each unique shape's colour, each unique colour's
+    # shape, count and existence of each present kind and as many absent ones: up to 26 for four objects).
+    # Measured on the Shapes study's data (2026-11-25), "every" with 6-12 turns was not better at equal steps
+    # (mean of colour_of/shape_of/exists/count_all after 600 SFT steps: 0.577 vs 0.637 for per-type, 4-7).
+    sft_questions: str = choice("per-type", "per-type", "every")
+    seed: int = 0
+
+
+@dataclass
+class CorporaConfig:
+    # Paths or globs (local or pyarrow URIs). Empty everywhere = generate the Shapes corpus.
+    interleaved: list[str] = field(default_factory=list)  # OBELICS-style parquet
+    captions: list[str] = field(default_factory=list)  # webdataset .tar shards
+    text: list[str] = field(default_factory=list)  # JSON lines or parquet with a `text` column
+    sft: list[str] = field(default_factory=list)  # LLaVA JSON
+    # Folder that LLaVA `image` paths are relative to (default: the JSON file's folder).
+    sft_image_root: str = ""
+
+
+@dataclass
+class MixtureConfig:
+    interleaved: float = 0.45
+    captions: float = 0.45
+    text: float = 0.10
+
+
+@dataclass
+class DataConfig:
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+    corpora: CorporaConfig = field(default_factory=CorporaConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    # A Hugging Face tokenizer name or path; empty = train a byte-level BPE on the corpus text.
+    tokenizer: str = ""
+    vocab_size: int = 512
+    # The ingest step fails when more than this fraction of records is corrupt.
+    max_bad_fraction: float = 0.05
+    # Download http(s) image entries of interleaved documents (off: they are counted and skipped).
+    download_images: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PackingConfig:
+    """How the training stages pack ingest's samples into rows (read by pretrain and SFT, not by ingest)."""
+
+    # Packed sequence length and the most images one packed sequence may hold.
+    seq_len: int = 256
+    max_images: int = 4
+    # Keep a stage's packed rows in Ray's object store after packing them once, so training passes do not
+    # re-read, re-pack and re-decode beside the trainer (3% more steps/s measured on 2 CPUs). auto: when
+    # the estimated rows fit in a quarter of the object store (shared by the candidates training at once).
+    # How rows are held, not what they are: it enters no fingerprint.
+    materialize: str = choice("auto", "auto", "always", "never")
+
+
+@dataclass
+class ConnectorConfig:
+    # A name in mm1.registry.CONNECTORS (MM1's finding: the type matters little, num_tokens much more).
+    type: str = choice("c-abstractor", *CONNECTORS)
+    num_tokens: int = 16
+
+
+@dataclass
+class ModelConfig:
+    # A model size from mm1.registry.PRESETS (`mm1 model-info all` lists them with their sizes).
+    preset: str = choice("tiny", *PRESETS)
+    # Encoder input resolution in pixels.
+    image_size: int = 64
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    # Image splitting: grid x grid crops + an overview (1 = off).
+    image_grid: int = 1
+    # Hugging Face vision tower / causal LM by name or path; empty = built from the preset with random weights.
+    vision: str = ""
+    llm: str = ""
+    # Dotted overrides into the preset (e.g. {"text_config.num_hidden_layers": 2}).
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    enabled: bool = True
+    steps: int = 200
+    # Sequences per optimizer step, summed over workers and accumulation.
+    batch_size: int = 16
+    grad_accum: int = 1
+    # Peak LR; null = MM1's scaling law over non-embedding parameters.
+    lr: float | None = None
+    # Weight decay; null = 0.1 * lr (MM1).
+    weight_decay: float | None = None
+    warmup_steps: int = 20
+    # Cosine decay ends at this fraction of the peak.
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    # Parts not trained in this stage: names in mm1.registry.FREEZABLE_PARTS.
+    freeze: list[str] = field(default_factory=list)
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    num_workers: int = 1
+    cpus_per_worker: float = 1
+    # How Ray places the workers: PACK fills a node first, SPREAD puts them on different nodes.
+    placement_strategy: str = choice("PACK", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+    use_gpu: bool = False
+    strategy: str = choice("ddp", "ddp", "fsdp")
+    # bf16 autocast is for GPUs; on CPU keep fp32 (bf16 is emulated there, ~400x slower).
+    precision: str = choice("fp32", "fp32", "bf16")
+    activation_checkpointing: bool = False
+    # Worker failures tolerated by Ray Train before the fit fails.
+    max_failures: int = 2
+    log_every: int = 10
+    seed: int = 0
+    # Packed rows each worker holds to shuffle its stream, reshuffled every pass (seed + pass): without it
+    # every epoch replays the same batches in the same order. Memory: rows x (ids + images) per worker.
+    # 0 = the dataset's fixed order.
+    shuffle_buffer: int = 1024
+
+
+@dataclass
+class EvaluateConfig:
+    enabled: bool = True
+    # Names in mm1.registry.BENCHMARKS, evaluated in this order.
+    benchmarks: list[str] = field(default_factory=lambda: ["shapes-vqa", "shapes-caption"])
+    # Held-out Shapes scenes (a seed never used for training) and questions drawn from them.
+    num_scenes: int = 200
+    num_questions: int = 500
+    kshot: list[int] = field(default_factory=lambda: [0, 4, 8])
+    seed: int = 1_000_003
+    batch_size: int = 32
+    max_new_tokens: int = 24
+    num_actors: int = 1
+    # Which checkpoints of each candidate to evaluate.
+    checkpoints: str = choice("last", "last", "all")
+    # Real benchmark files, when a workflow points at them.
+    coco_annotations: str = ""
+    coco_images: str = ""
+    vqav2_questions: str = ""
+    vqav2_annotations: str = ""
+    vqav2_images: str = ""
+
+
+@dataclass
+class SelectConfig:
+    metric: str = "shapes-vqa/overall"
+    mode: str = choice("max", "max", "min")
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True
+
+
+@dataclass
+class Workflow:
+    # Names the run folder, the Ray job and the served model.
+    name: str = MISSING
+    description: str = ""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=1e-3, freeze=[]))
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    # Grid of candidates: dotted key -> list of values (e.g. {"model.connector.type": [avgpool, c-abstractor]}).
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        return self.storage.run_name or self.name

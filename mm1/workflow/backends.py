@@ -1,0 +1,118 @@
+"""Where a workflow runs and where its winner is served: one small interface, one implementation per backend.
+
+| backend (cluster.backend) | `launch`: the whole workflow                          | `deploy`: the deploy step          |
+|---------------------------|-------------------------------------------------------|------------------------------------|
+| local                     | the steps on an in-process Ray (`mm1 run`)            | a Serve app on this Ray            |
+| ray                       | a Ray Job running `mm1 run --here` (`mm1 submit`)     | a Serve app on the job's Ray       |
+| k8s                       | a KubeRay RayJob running `mm1 run --here` (`--k8s`)   | a RayService of its own            |
+
+A remote launch ends in `mm1 run --here` on the cluster, i.e. in the local backend's launch there, whose
+deploy step then asks `backend(wf.cluster.backend)` how to serve. Steps and the CLI reach the backends only
+through this module; it is the one part of `mm1.workflow` that uses `mm1.k8s` (imported when used: the
+Kubernetes client is optional for local use).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mm1.config import Workflow
+
+Log = Callable[[str], None]
+
+
+class Backend(ABC):
+    """Ray's own backends serve the winner on the Ray the steps run on; KubeRay overrides `deploy`."""
+
+    name: ClassVar[str]
+    # Whether `deploy` serves on this process's Ray (so `mm1 run` can keep serving until Ctrl-C).
+    serves_here: ClassVar[bool] = True
+
+    @abstractmethod
+    def launch(self, wf: Workflow, path: str, overrides: Sequence[str], *, follow: bool, log: Log) -> None:
+        """Run the workflow `wf` (loaded from the file at `path` with `overrides`) on this backend; with
+        `follow`, wait for its end and raise if it failed."""
+
+    def deploy(self, wf: Workflow, winner: dict[str, Any], out_dir: Path, log: Log = print) -> dict[str, Any]:
+        """Serve winner["checkpoint"] as wf.deploy says; returns {"url", "model", "sample"} (url "" when
+        deploy.enabled is false)."""
+        from services.deploy import deploy_winner
+
+        return deploy_winner(wf, winner, out_dir, log=log)
+
+
+class LocalRay(Backend):
+    name = "local"
+
+    def launch(
+        self,
+        wf: Workflow,
+        path: str = "",
+        overrides: Sequence[str] = (),
+        *,
+        follow: bool = True,
+        log: Log = print,
+        from_step: str | None = None,
+        until: str | None = None,
+    ) -> None:
+        """The steps run in this process (so `follow` changes nothing); then, if deploy.keep_serving and the
+        winner is served here, serve until Ctrl-C or SIGTERM."""
+        from mm1.workflow.local import run_local
+
+        manifests = run_local(wf, from_step=from_step, until=until, log=log)
+        deploy = wf.deploy
+        if (
+            deploy.enabled
+            and deploy.keep_serving
+            and "deploy" in manifests
+            and backend(wf.cluster.backend).serves_here
+        ):
+            from services.deploy import serve_until_stopped
+
+            log("serving; press Ctrl-C to stop")
+            serve_until_stopped(wf.name)
+
+
+class RayJobs(Backend):
+    name = "ray"
+
+    def launch(self, wf: Workflow, path: str, overrides: Sequence[str], *, follow: bool, log: Log) -> None:
+        """A Ray Job on the cluster at cluster.address (its dashboard, http://HOST:8265)."""
+        from mm1.workflow.jobs import submit_job
+
+        submit_job(wf, path, overrides, wf.cluster.address, follow=follow, log=log)
+
+
+class KubeRay(Backend):
+    name = "k8s"
+    serves_here = False
+
+    def launch(self, wf: Workflow, path: str, overrides: Sequence[str], *, follow: bool, log: Log) -> None:
+        """A ConfigMap with the workflow file (the overrides are already in `wf`) and a RayJob that runs it."""
+        from mm1.k8s.submit import submit_k8s
+
+        submit_k8s(wf, Path(path).read_text(), follow=follow, log=log)
+
+    def deploy(self, wf: Workflow, winner: dict[str, Any], out_dir: Path, log: Log = print) -> dict[str, Any]:
+        """A RayService of its own, outliving the RayJob's cluster; returns its in-cluster URL."""
+        model = wf.deploy.model_name or wf.name
+        if not wf.deploy.enabled:
+            log("[deploy] disabled (deploy.enabled=false): nothing served")
+            return {"url": "", "model": model, "sample": None}
+        from mm1.k8s.submit import apply_service
+
+        return {"url": apply_service(wf, winner["checkpoint"], log=log), "model": model, "sample": None}
+
+
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LocalRay, RayJobs, KubeRay)}
+
+
+def backend(name: str) -> Backend:
+    """The backend cluster.backend names."""
+    try:
+        return BACKENDS[name]()
+    except KeyError:
+        raise ValueError(f"cluster.backend must be one of {sorted(BACKENDS)}, got {name!r}") from None
