@@ -1,7 +1,9 @@
 """`mm1 validate | run | submit | status | logs | render | serve | chat | model-info | data`.
 
-User mistakes (a bad workflow file, a missing run folder) print one clear line on stderr and exit 2; only
-genuine bugs show a traceback.
+User mistakes (a bad workflow file, a missing run folder) print one clear line on stderr and exit 2; a step
+that fails for a reason the user controls (corrupt data, a missing file, a port in use, a lost cluster)
+prints which step, why, what to do and where its full log is, and exits 1 (mm1.errors). Only genuine bugs show
+a traceback.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from mm1.config import ConfigError, Workflow, load
+from mm1.config import Workflow, load
+from mm1.errors import UserFacingError
+from mm1.workflow.runner import StepFailed
 from services.ingress import INGRESS_MODES
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # the command or its workflow is wrong
+EXIT_FAILED = 1  # a step failed for a reason the user can act on (data, files, ports, cluster)
 
 
-class UserError(Exception):
-    """A mistake the user can fix; printed without a traceback."""
+class UserError(UserFacingError):
+    """A mistake in the command line the user can fix; printed without a traceback."""
 
 
 def _load(args: argparse.Namespace) -> Workflow:
@@ -44,7 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     from mm1.workflow.backends import LocalRay
 
-    LocalRay().launch(wf, args.workflow, args.overrides, from_step=args.from_step, until=args.until)
+    LocalRay().launch(
+        wf, args.workflow, args.overrides, from_step=args.from_step, until=args.until, verbose=args.verbose
+    )
     return 0
 
 
@@ -125,6 +132,17 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     if args.preset != "all" and args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; known presets: {', '.join(sorted(PRESETS))}, all")
     print(format_model_info(None if args.preset == "all" else args.preset))
+    if args.freeze or args.lora_r:  # what a stage with this freezing and these adapters trains
+        from mm1.config_sections import LoraConfig
+        from mm1.model.info import format_trainable_info
+
+        targets = [t for t in args.lora_targets.split(",") if t]
+        lora = LoraConfig(r=args.lora_r, target_modules=targets, parts=args.lora_parts.split(","))
+        freeze = [p for p in args.freeze.split(",") if p]
+        try:
+            print(format_trainable_info(None if args.preset == "all" else args.preset, freeze, lora))
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
     return 0
 
 
@@ -149,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="from_step", help="force this step and every later one to run")
     run.add_argument("--until", help="stop after this step")
     run.add_argument("--here", action="store_true", help="run a non-local workflow in this process")
+    run.add_argument(
+        "--verbose", action="store_true", help="show Ray's own logs here too (always in RUN/logs/ray.log)"
+    )
     run.set_defaults(func=cmd_run)
 
     submit = with_workflow(sub.add_parser("submit", help="run a workflow on a Ray cluster or Kubernetes"))
@@ -198,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("model-info", help="parameters, image tokens and FLOPs of a preset")
     info.add_argument("preset", help=" | ".join([*PRESETS, "all"]))
+    info.add_argument("--freeze", default="", help="parts a stage freezes, e.g. vision,connector")
+    info.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: off): adds a trainable table")
+    info.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="LoRA target_modules")
+    info.add_argument("--lora-parts", default="llm", help="parts that get adapters")
     info.set_defaults(func=cmd_model_info)
 
     data = sub.add_parser("data", help="corpus tools")
@@ -208,22 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--scale", type=float, default=1.0, help="multiply the default corpus sizes")
     shapes.set_defaults(func=cmd_data_shapes)
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean 'fix your input or environment', printed as one line without a traceback."""
-    from mm1.workflow.jobs import JobFailed
-    from services.ingress import IngressError
-
-    errors: list[type[BaseException]] = [ConfigError, UserError, JobFailed, IngressError]
-    try:
-        from mm1.k8s.render import RenderError
-        from mm1.k8s.submit import K8sError
-
-        errors += [RenderError, K8sError]
-    except ImportError:  # the kubernetes client is optional for local use
-        pass
-    return tuple(errors)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -238,13 +247,43 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def user_facing(exc: BaseException) -> UserFacingError | None:
+    """The user-facing error behind `exc` (a failed step's cause; a Ray task's error re-raised on the
+    driver, whose own text carries the remote traceback), or None for a bug."""
+    while exc is not None:
+        inner = getattr(exc, "cause", None)  # StepFailed's cause; ray.exceptions.RayTaskError's original
+        if isinstance(inner, BaseException) and inner is not exc:
+            if isinstance(exc, UserFacingError) and not isinstance(inner, UserFacingError):
+                return exc
+            exc = inner
+            continue
+        return exc if isinstance(exc, UserFacingError) else None
+    return None
+
+
+def report_failure(exc: BaseException) -> bool:
+    """Print a user-facing failure as what failed, why, what to do and where the full log is; False for
+    a bug (the caller lets its traceback through)."""
+    error = user_facing(exc)
+    if error is None:
+        return False
+    where = f"step '{exc.step}' failed: " if isinstance(exc, StepFailed) else ""
+    print(f"error: {where}{error}", file=sys.stderr)
+    if error.hint:
+        print(f"  what to do: {error.hint}", file=sys.stderr)
+    if isinstance(exc, StepFailed) and exc.log_uri:
+        print(f"  full log: {exc.log_uri}", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (UserFacingError, StepFailed) as exc:
+        if not report_failure(exc):
+            raise
+        return EXIT_USAGE if isinstance(exc, UserFacingError) else EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

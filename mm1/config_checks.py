@@ -10,6 +10,7 @@ from mm1.config_cluster import check_cluster, check_storage
 from mm1.config_sections import TrainConfig, Workflow
 from mm1.config_serving import serving_problems
 from mm1.config_validate import SchemaChecker
+from mm1.model_checks import model_problems
 from mm1.registry import BENCHMARKS, FREEZABLE_PARTS, missing_benchmark_files
 
 # Keys that moved to another section: the old spelling gets an error that names the new one.
@@ -36,6 +37,8 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
         checker.fail("name", "must not be empty")
     check_storage(wf.storage, checker)
     check_data(wf, checker)
+    for key, message in model_problems(wf.model, wf.data.tokenizer):
+        checker.fail(key, message)
     for stage_name in ("pretrain", "sft"):
         check_stage(stage_name, getattr(wf, stage_name), checker)
     check_evaluation(wf, checker)
@@ -84,6 +87,7 @@ def check_stage(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> 
                 f"{stage_name}.freeze[{i}]",
                 f"'{part}' is not a model part; expected one of: {', '.join(FREEZABLE_PARTS)}",
             )
+    check_lora(stage_name, stage, checker)
     if stage.precision == "bf16" and not stage.use_gpu:
         fail(
             f"{stage_name}.precision",
@@ -91,6 +95,38 @@ def check_stage(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> 
         )
     if stage.strategy == "fsdp" and not stage.use_gpu:
         fail(f"{stage_name}.strategy", "fsdp needs use_gpu: true; use ddp on CPU")
+
+
+def check_lora(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> None:
+    """A stage's LoRA section: off at r = 0; on, adapters need targets inside parts that are not frozen.
+    Whether the targets name existing layers is checked when the model is built (mm1.model.lora)."""
+    fail, lora, key = checker.fail, stage.lora, f"{stage_name}.lora"
+    if lora.r < 0:
+        fail(f"{key}.r", f"must be 0 (off) or at least 1, got {lora.r}")
+    if lora.r < 1:
+        return
+    if lora.alpha <= 0:
+        fail(f"{key}.alpha", f"must be more than 0, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        fail(f"{key}.dropout", f"must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules:
+        fail(f"{key}.target_modules", "must name at least one Linear layer (e.g. [q_proj, v_proj])")
+    for i, name in enumerate(lora.target_modules):
+        if not name.strip():
+            fail(f"{key}.target_modules[{i}]", "must not be empty")
+    if not lora.parts:
+        fail(f"{key}.parts", f"must name at least one part; expected some of: {', '.join(FREEZABLE_PARTS)}")
+    for i, part in enumerate(lora.parts):
+        if part not in FREEZABLE_PARTS:
+            fail(
+                f"{key}.parts[{i}]",
+                f"'{part}' is not a model part; expected one of: {', '.join(FREEZABLE_PARTS)}",
+            )
+        elif part in stage.freeze:
+            fail(
+                f"{key}.parts[{i}]",
+                f"'{part}' is also in {stage_name}.freeze: a frozen part gets no adapters; remove it from one",
+            )
 
 
 def check_evaluation(wf: Workflow, checker: SchemaChecker) -> None:

@@ -61,8 +61,11 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
     corpora: CorporaConfig = field(default_factory=CorporaConfig)
     mixture: MixtureConfig = field(default_factory=MixtureConfig)
-    # A Hugging Face tokenizer name or path; empty = train a byte-level BPE on the corpus text.
+    # A Hugging Face tokenizer name or path; empty = model.llm's own tokenizer (and chat template) when
+    # model.llm is set, else a byte-level BPE trained on the corpus text. With model.llm, a tokenizer whose
+    # vocabulary differs from the LLM's is a validation error.
     tokenizer: str = ""
+    # Size of the trained BPE (unused when a tokenizer is named or model.llm is set).
     vocab_size: int = 512
     # The ingest step fails when more than this fraction of records is corrupt.
     max_bad_fraction: float = 0.05
@@ -96,16 +99,39 @@ class ConnectorConfig:
 class ModelConfig:
     # A model size from mm1.registry.PRESETS (`mm1 model-info all` lists them with their sizes).
     preset: str = choice("tiny", *PRESETS)
-    # Encoder input resolution in pixels.
+    # Encoder input resolution in pixels: a multiple of the tower's patch size; with model.vision, the tower's
+    # own resolution is the natural choice (another one interpolates its position embeddings).
     image_size: int = 64
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     # Image splitting: grid x grid crops + an overview (1 = off).
     image_grid: int = 1
-    # Hugging Face vision tower / causal LM by name or path; empty = built from the preset with random weights.
+    # Hugging Face vision tower / causal LM by hub name (org/name, downloaded on first use) or local folder;
+    # empty = built from the preset with random weights. The tower's image-processor config gives the pixel
+    # mean/std (train, eval and serving alike); the LLM gives the tokenizer and chat template (data.tokenizer).
     vision: str = ""
     llm: str = ""
     # Dotted overrides into the preset (e.g. {"text_config.num_hidden_layers": 2}).
     overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft) for a training stage (mm1.model.lora): the parts in `parts` train only through
+    low-rank adapters on their Linear layers named in `target_modules`; `freeze` still freezes whole parts and
+    the other parts train in full. Checkpoints hold the adapters for resuming and the merged model for
+    evaluation and serving."""
+
+    # Rank of the adapters; 0 = off (the stage trains its unfrozen parts' weights in full).
+    r: int = 0
+    # The adapters' output is scaled by alpha / r (peft's lora_alpha).
+    alpha: float = 16.0
+    # Dropout on the adapters' input while training.
+    dropout: float = 0.0
+    # Linear layers to adapt, by the end of their module name (q_proj, or self_attn.q_proj), inside `parts`.
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # The model parts whose layers get adapters (names in mm1.registry.FREEZABLE_PARTS); their own weights
+    # are frozen, so they must not be listed in the stage's `freeze`.
+    parts: list[str] = field(default_factory=lambda: ["llm"])
 
 
 @dataclass
@@ -125,6 +151,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Parts not trained in this stage: names in mm1.registry.FREEZABLE_PARTS.
     freeze: list[str] = field(default_factory=list)
+    # LoRA adapters instead of full weights for some parts (r = 0: off).
+    lora: LoraConfig = field(default_factory=LoraConfig)
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     num_workers: int = 1
@@ -154,7 +182,11 @@ class EvaluateConfig:
     # Held-out Shapes scenes (a seed never used for training) and questions drawn from them.
     num_scenes: int = 200
     num_questions: int = 500
+    # k values of the k-shot benchmarks (shapes-kshot, shapes-vqa-kshot, coco-caption-kshot, vqav2-kshot).
     kshot: list[int] = field(default_factory=lambda: [0, 4, 8])
+    # k-shot demonstration pool: this many held-out Shapes scenes (at least 4 x max k), or this many images
+    # held out of each COCO / VQAv2 file (drawn with `seed`; their items are demonstrations, never queries).
+    kshot_pool: int = 64
     seed: int = 1_000_003
     batch_size: int = 32
     max_new_tokens: int = 24
@@ -198,6 +230,12 @@ class Workflow:
     report: ReportConfig = field(default_factory=ReportConfig)
     # Grid of candidates: dotted key -> list of values (e.g. {"model.connector.type": [avgpool, c-abstractor]}).
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The LLM's tokenizer unless data.tokenizer names one: ingest, a function of the data section, then
+        # reads it there (and its fingerprint changes with it).
+        if self.model.llm and not self.data.tokenizer:
+            self.data.tokenizer = self.model.llm
 
     @property
     def run_name(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from mm1.errors import UserFacingError
+
 
 def choice(default: str, *options: str) -> Any:
     """A string field restricted to `options`, checked by SchemaChecker with a did-you-mean."""
@@ -22,7 +24,7 @@ def choice(default: str, *options: str) -> Any:
     return dataclasses.field(default=default, metadata={"choices": options})
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A user mistake in a workflow file or its overrides."""
 
     def __init__(self, source: str, key: str, message: str, line: int | None = None):

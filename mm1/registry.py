@@ -140,19 +140,29 @@ FREEZABLE_PARTS: dict[str, str] = {
 # --------------------------------------------------------------------------------------------- benchmarks
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    # How it is asked and scored (mm1.eval.benchmarks): vqa (short answers, accuracy), caption (CIDEr-D) or
-    # kshot (document prompts with k demonstrations, CIDEr-D per k).
+    # How it is asked and scored (mm1.eval.benchmarks): vqa (short answers, VQA accuracy) or caption (CIDEr-D).
     kind: str
     # The evaluate.* keys naming the files it reads (empty: generated Shapes scenes).
     needs: tuple[str, ...] = ()
+    # k-shot: document prompts with k demonstrations for each k in evaluate.kshot, metrics named METRIC@K,
+    # asked of pre-trained checkpoints (mm1.eval.evaluate); otherwise zero-shot chat prompts.
+    kshot: bool = False
+    # Where its items come from: shapes (held-out scenes), coco (caption annotations), vqav2 (questions).
+    data: str = "shapes"
 
+
+COCO_FILES = ("coco_annotations", "coco_images")
+VQAV2_FILES = ("vqav2_questions", "vqav2_annotations", "vqav2_images")
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "shapes-vqa": BenchmarkSpec("vqa"),
     "shapes-caption": BenchmarkSpec("caption"),
-    "shapes-kshot": BenchmarkSpec("kshot"),
-    "coco-caption": BenchmarkSpec("caption", needs=("coco_annotations", "coco_images")),
-    "vqav2": BenchmarkSpec("vqa", needs=("vqav2_questions", "vqav2_annotations", "vqav2_images")),
+    "shapes-kshot": BenchmarkSpec("caption", kshot=True),  # k-shot Shapes captioning
+    "shapes-vqa-kshot": BenchmarkSpec("vqa", kshot=True),
+    "coco-caption": BenchmarkSpec("caption", needs=COCO_FILES, data="coco"),
+    "coco-caption-kshot": BenchmarkSpec("caption", needs=COCO_FILES, kshot=True, data="coco"),
+    "vqav2": BenchmarkSpec("vqa", needs=VQAV2_FILES, data="vqav2"),
+    "vqav2-kshot": BenchmarkSpec("vqa", needs=VQAV2_FILES, kshot=True, data="vqav2"),
 }
 
 

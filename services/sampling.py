@@ -1,7 +1,7 @@
 """Per-request sampling: each request keeps its own temperature, top_p and random generator.
 
-A request's seed drives its own `torch.Generator`, so its draws do not depend on which other requests share
-its batch: the same seed and prompt give the same answer alone or batched (up to the last-bit differences a
+A request's seed drives its own `torch.Generator` (one per choice when n > 1: `choice_seed`), so its draws
+do not depend on which other requests share its batch: the same seed and prompt give the same answer alone or batched (up to the last-bit differences a
 padded batch can make in the logits themselves).
 """
 
@@ -21,6 +21,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; K: each token's log-probability and its top K alternatives
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of a request's choice `index` (n > 1): the request's own for choice 0, so that n=1 and the
+    first of n agree, distinct derived ones for the others (the same seed gives the same n answers)."""
+    if seed is None or index == 0:
+        return seed
+    return (seed * 0x9E3779B97F4A7C15 + index) % (1 << 63)
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:

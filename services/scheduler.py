@@ -84,7 +84,10 @@ class RequestStream:
             if failure is not None:
                 raise failure
             merged = StepOutput(
-                "".join(i.text for i in items), items[-1].completion_tokens, items[-1].finish_reason
+                "".join(i.text for i in items),
+                items[-1].completion_tokens,
+                items[-1].finish_reason,
+                [entry for i in items for entry in i.logprobs],
             )
             yield merged
             if merged.finish_reason is not None:

@@ -55,3 +55,13 @@ def ray_session(s3_server):
         ray.init(num_cpus=4, include_dashboard=False, namespace="mm1-tests", log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(tmp_path_factory):
+    """Tiny real Hugging Face checkpoints built offline (tests/pretrained_fixtures.py): siglip/, clip/ (vision
+    towers with their image-processor configs), llama/, qwen2/ (causal LMs with their tokenizers and chat
+    templates)."""
+    from pretrained_fixtures import build_pretrained
+
+    return build_pretrained(tmp_path_factory.mktemp("pretrained"))

@@ -44,12 +44,15 @@ from mm1.data.readers import EXTENSIONS, ReadOptions
 from mm1.data.records import PRETRAIN_SOURCES, BadTally
 from mm1.data.shapes_corpus import write_shapes_corpora
 from mm1.data.stages import Layout, read_corpora, tokenize_mix_write
+from mm1.errors import UserFacingError
 
 MAX_TOKENIZER_TEXTS = 200_000  # enough text to fit a small BPE; keeps the driver's memory bounded
 
 
-class IngestError(RuntimeError):
+class IngestError(UserFacingError, RuntimeError):
     """The corpora are too corrupt to train on (or absent); the message names the worst files."""
+
+    hint = "fix or remove the files named above, or raise data.max_bad_fraction to train on what is readable"
 
 
 # ----------------------------------------------------------------------------------------- driver

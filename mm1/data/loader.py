@@ -15,7 +15,7 @@ training step down on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from mm1 import storage
 from mm1.data.packing import PackSpec, expand, pack
-from mm1.data.preprocess import crops_per_image, split_image
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image, split_image
 
 PACK_WINDOW = 256  # samples packed per chunk; larger = fewer half-empty rows at chunk ends
 MIN_ROW_FILL = 0.7  # packed rows are at least this full in practice (size estimates only)
@@ -172,8 +172,20 @@ def packed_bytes_estimate(tokens: int, images: int, *, seq_len: int, image_size:
 
 class PackedCollate(NumpyBatchCollateFn):
     """Packed rows -> model inputs: input_ids/labels/position_ids/attention_mask [B, L] long, and
-    pixel_values [N, 3, H, W] float (CLIP-normalized by mm1.data.preprocess.to_pixel_values), the images of
-    all rows in row-major order. A NumpyBatchCollateFn, so Ray hands it numpy batches without warnings."""
+    pixel_values [N, 3, H, W] float (normalized by mm1.data.preprocess.to_pixel_values with the model's
+    image_mean/std, i.e. its vision tower's: build it with `PackedCollate.for_processor(processor)`), the
+    images of all rows in row-major order. A NumpyBatchCollateFn, so Ray hands it numpy batches without
+    warnings."""
+
+    def __init__(self, image_mean: Sequence[float] = CLIP_MEAN, image_std: Sequence[float] = CLIP_STD):
+        super().__init__()
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
+
+    @classmethod
+    def for_processor(cls, processor) -> PackedCollate:
+        """The collate whose pixels match what `processor` (an MM1Processor) gives evaluation and serving."""
+        return cls(processor.image_mean, processor.image_std)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
@@ -190,7 +202,7 @@ class PackedCollate(NumpyBatchCollateFn):
             if not stacked.flags.writeable:  # zero-copy from the object store; torch wants to own it
                 stacked = stacked.copy()
         pixel_values = (
-            to_pixel_values(stacked)
+            to_pixel_values(stacked, self.image_mean, self.image_std)
             if len(stacked)
             else torch.zeros(0, 3, stacked.shape[1], stacked.shape[2], dtype=torch.float32)
         )
@@ -203,5 +215,6 @@ class PackedCollate(NumpyBatchCollateFn):
         }
 
 
-# `collate_packed(batch)` or `iter_torch_batches(collate_fn=collate_packed)`.
+# `collate_packed(batch)`: CLIP's constants, the default of a randomly initialized tower. A model whose tower
+# has its own statistics uses `PackedCollate.for_processor(processor)` (as mm1.train.loop does).
 collate_packed = PackedCollate()

@@ -3,12 +3,19 @@
 Train/serve skew is designed out by having every consumer call these functions: `load_image` turns any
 accepted source into an RGB PIL image, `preprocess_image` resizes it to the model's resolution as uint8
 (the form stored in shards), `split_image` makes the high-resolution crops + overview, and
-`to_pixel_values` normalizes uint8 arrays into the float tensor the vision tower takes.
+`to_pixel_values` normalizes uint8 arrays into the float tensor the vision tower takes, and `pixel_values` is
+the two together (what evaluation and serving call; training splits in its Ray Data workers and normalizes in
+its collate, with the same two functions).
+
+The normalization constants are the vision tower's own: `image_processor_stats` reads them from the tower's
+`preprocessor_config.json` (`model.vision`), and they travel in MM1Config.image_mean/std and the processor;
+a tower without one (random init from a preset) uses CLIP's constants.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +30,41 @@ if TYPE_CHECKING:
 # CLIP's normalization constants: the default for every vision tower we build or load.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+
+
+def image_processor_stats(name_or_path: str) -> dict | None:
+    """The pixel settings of a Hugging Face vision checkpoint's image processor: {"image_mean", "image_std",
+    "image_size"} (size None when the file gives none), or None when it has no preprocessor_config.json.
+
+    Reads JSON only (no torch, no transformers) for a local folder, so `mm1 validate` can call it; a hub name
+    goes through huggingface_hub's cache (a download on a machine with network)."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        path = folder / IMAGE_PROCESSOR_FILE
+        if not path.is_file():
+            return None
+    elif folder.exists() or name_or_path.startswith((".", "/")):
+        return None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = Path(hf_hub_download(name_or_path, IMAGE_PROCESSOR_FILE))
+        except EntryNotFoundError:
+            return None
+    settings = json.loads(path.read_text())
+    size = settings.get("crop_size") if settings.get("do_center_crop") else settings.get("size")
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge"))
+    return {
+        "image_mean": [float(v) for v in settings.get("image_mean", CLIP_MEAN)],
+        "image_std": [float(v) for v in settings.get("image_std", CLIP_STD)],
+        "image_size": size if isinstance(size, int) else None,
+    }
 
 
 class ImageDecodeError(ValueError):
@@ -90,8 +132,8 @@ def split_image(
 
 def to_pixel_values(
     arrays: list[np.ndarray] | np.ndarray,
-    mean: tuple[float, float, float] = CLIP_MEAN,
-    std: tuple[float, float, float] = CLIP_STD,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
 ) -> torch.Tensor:
     """uint8 [N, H, W, 3] (or a list of [H, W, 3]) -> normalized float32 [N, 3, H, W]."""
     import torch  # here, not at the top: Ray Data workers that only decode and resize never load torch
@@ -103,3 +145,20 @@ def to_pixel_values(
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     return (pixels - mean_t) / std_t
+
+
+def pixel_values(
+    images: list,
+    size: int,
+    grid: int,
+    mean: tuple[float, ...] | list[float],
+    std: tuple[float, ...] | list[float],
+) -> torch.Tensor:
+    """Image sources -> [len(images) * crops_per_image(grid), 3, size, size] float32, normalized with the
+    tower's mean/std: `split_image` then `to_pixel_values`, the path every consumer takes."""
+    import torch
+
+    arrays = [crop for image in images for crop in split_image(image, size, grid)]
+    if not arrays:
+        return torch.zeros(0, 3, size, size)
+    return to_pixel_values(arrays, mean, std)

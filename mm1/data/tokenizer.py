@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mm1.data.chat import BOS, EOS, PAD, SPECIAL_TOKENS
+from mm1.data import chat
+from mm1.data.chat import ASSISTANT, BOS, END, EOS, IMAGE, PAD, SPECIAL_TOKENS, USER
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -33,11 +34,24 @@ def wrap_tokenizer(bpe: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load any Hugging Face tokenizer and make sure our special tokens exist in it."""
+    """Load any Hugging Face tokenizer (an LLM's, by name or path) and add what MM1 needs, once:
+
+    - `<image>`, the image placeholder, always;
+    - our chat tokens (<|user|>, <|assistant|>, <|end|>) only when it has no chat template of its own (then
+      mm1.data.chat's template is used; with one, its own template is);
+    - an eos token (</s>) only when it has none, and a pad token (its eos) when it has none.
+    Its bos/eos stay its own. Tokens already present are not added again, so loading a tokenizer we saved
+    adds nothing. The LLM's embeddings are resized to match by mm1.model.presets.build_mm1, explicitly."""
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    wanted = [IMAGE] if chat.has_own_template(tokenizer) else [IMAGE, USER, ASSISTANT, END]
+    if tokenizer.eos_token is None:
+        wanted.append(EOS)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in wanted if t not in vocab]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = EOS
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = PAD if PAD in tokenizer.get_vocab() else tokenizer.eos_token
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

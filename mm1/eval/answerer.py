@@ -4,7 +4,8 @@
 on the driver (tasks sorted so a batch holds one prompt kind and similar lengths), and maps them through
 `CheckpointAnswerer` actors that load the checkpoint once and build each prompt with the checkpoint's own
 processor: chat prompts through `MM1Processor.encode_chat` (the SFT template serving also uses), k-shot
-document prompts through `mm1.eval.kshot.build_kshot_prompt`. Shipping ready batches, rather than letting
+document prompts (captions or VQA) through `mm1.eval.kshot.build_kshot_prompt`, with demonstrations from the
+pool of the task's benchmark (`demo_pools`, by benchmark name). Shipping ready batches, rather than letting
 Ray Data cut batches from blocks, makes the batches (and so the padded greedy answers) the same in every
 run. The dataset shows in the Ray dashboard, one per checkpoint; `num_actors` scales it out.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,12 @@ from mm1.eval.kshot import Demo
 class Task:
     key: str  # unique among one checkpoint's tasks
     image: bytes | str  # the query image: encoded bytes or a path the actors can read
-    text: str = ""  # chat prompts: the user's text after the <image> marker
+    text: str = ""  # chat prompts: the user's text after the <image> marker; k-shot VQA: the question
     shots: int | None = None  # k-shot document prompt with this many demonstrations; None: a chat prompt
     query: str = ""  # k-shot: the query's own key, which the demonstrations are drawn for (never itself)
     max_new_tokens: int = 24
+    pool: str = ""  # k-shot: the demonstration pool (its benchmark's name) in `demo_pools`
+    task: str = "caption"  # k-shot: caption | vqa (mm1.eval.kshot.KShotTask)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,8 @@ def make_batches(tasks: Sequence[Task], batch_size: int) -> list[list[Task]]:
     """Batches of one prompt kind (chat, or k-shot with one k) and length budget; the questions about one
     image side by side, so a batch encodes that image once (mm1.eval.generation)."""
 
-    def kind(t: Task) -> tuple[bool, int, int]:
-        return (t.shots is not None, t.shots or 0, t.max_new_tokens)
+    def kind(t: Task) -> tuple[bool, int, int, str]:
+        return (t.shots is not None, t.shots or 0, t.max_new_tokens, t.pool)
 
     batches: list[list[Task]] = []
     for task in sorted(tasks, key=lambda t: (kind(t), image_identity(t.image), t.key)):
@@ -69,7 +72,7 @@ class CheckpointAnswerer:
         self,
         checkpoint: str,
         batch_size: int,
-        demo_pool: Sequence[Demo] = (),
+        demo_pools: Mapping[str, Sequence[Demo]] | None = None,
         kshot_seed: int = 0,
         device: str = "cpu",
         threads: int = 1,
@@ -83,7 +86,7 @@ class CheckpointAnswerer:
         torch.set_num_threads(threads)
         self.model, self.processor = load_for_inference(checkpoint, device=device)
         self.batch_size = batch_size
-        self.pool = list(demo_pool)
+        self.pools = {name: list(pool) for name, pool in (demo_pools or {}).items()}
         self.kshot_seed = kshot_seed
         self._demo_pixels: dict[Any, Any] = {}  # the pool's images recur across prompts: preprocess once
 
@@ -93,7 +96,8 @@ class CheckpointAnswerer:
         return cache[key]
 
     def _prompt(self, task: Task, batch_pixels: dict[Hashable, Any]):
-        """The generation prompt of `task`; `batch_pixels` shares decoded query images within a batch."""
+        """The generation prompt of `task` and the keys of its demonstrations; `batch_pixels` shares decoded
+        query images within a batch."""
         import torch
 
         from mm1.eval.generation import IdsPrompt
@@ -105,42 +109,47 @@ class CheckpointAnswerer:
         if task.shots is None:
             turns = [{"role": "user", "content": f"{IMAGE}\n{task.text}"}]
             ids = chat.encode_prompt(processor.tokenizer, turns, processor.image_tokens_per_image).input_ids
-            return IdsPrompt(
+            prompt = IdsPrompt(
                 ids, query_pixels, tuple(processor.stop_token_ids()), task.max_new_tokens, (query_key,)
+            )
+            return prompt, ()
+        if task.pool not in self.pools:
+            raise KeyError(
+                f"task {task.key} names demonstration pool {task.pool!r}; have {sorted(self.pools)}"
             )
         prompt = build_kshot_prompt(
             processor.tokenizer,
-            Demo(task.query, task.image, ""),
-            self.pool,
+            Demo(task.query, task.image, "", question=task.text, image_key=image_identity(task.image)),
+            self.pools[task.pool],
             task.shots,
             self.kshot_seed,
             processor.image_tokens_per_image,
             style="document",
+            task=task.task,  # type: ignore[arg-type]
         )
-        keys = [("demo", d.key) for d in prompt.demos]
+        # Pixels are shared by image, not by demonstration: VQA demonstrations may show one image twice.
+        keys = [("demo", image_identity(d.image)) for d in prompt.demos]
         pixels = [
             self._pixels(k, d.image, self._demo_pixels) for k, d in zip(keys, prompt.demos, strict=True)
         ]
-        return IdsPrompt(
+        ids_prompt = IdsPrompt(
             prompt.input_ids,
             torch.cat([*pixels, query_pixels]),
             tuple(prompt.stop_token_ids),
             task.max_new_tokens,
             (*keys, query_key),
         )
+        return ids_prompt, tuple(str(d.key) for d in prompt.demos)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from mm1.eval.generation import generate_from_ids
 
         tasks: list[Task] = [t for blob in batch["tasks"] for t in pickle.loads(blob)]
         batch_pixels: dict[Hashable, Any] = {}
-        prompts = [self._prompt(t, batch_pixels) for t in tasks]
-        answers = generate_from_ids(self.model, self.processor, prompts, self.batch_size)
+        built = [self._prompt(t, batch_pixels) for t in tasks]
+        answers = generate_from_ids(self.model, self.processor, [p for p, _ in built], self.batch_size)
         # The demonstrations each prompt showed (k-shot), so the predictions file can be audited.
-        demos = [
-            json.dumps([k[1] for k in p.image_keys[:-1]]) if t.shots else "[]"
-            for t, p in zip(tasks, prompts, strict=True)
-        ]
+        demos = [json.dumps(list(keys)) for _, keys in built]
         return {
             "key": np.array([t.key for t in tasks], dtype=object),
             "prediction": np.array(answers, dtype=object),
@@ -154,7 +163,7 @@ def answer_tasks(
     *,
     batch_size: int,
     num_actors: int = 1,
-    demo_pool: Sequence[Demo] = (),
+    demo_pools: Mapping[str, Sequence[Demo]] | None = None,
     kshot_seed: int = 0,
     use_gpu: bool = False,
 ) -> dict[str, Answer]:
@@ -181,7 +190,12 @@ def answer_tasks(
         fn_constructor_kwargs={
             "checkpoint": checkpoint,
             "batch_size": batch_size,
-            "demo_pool": list(demo_pool) if any(t.shots is not None for t in tasks) else [],
+            # Only the pools these tasks draw from travel to the actors.
+            "demo_pools": {
+                name: list(pool)
+                for name, pool in (demo_pools or {}).items()
+                if any(t.shots is not None and t.pool == name for t in tasks)
+            },
             "kshot_seed": kshot_seed,
             "device": "cuda" if use_gpu else "cpu",
         },

@@ -25,14 +25,17 @@ import re
 from typing import Any
 
 from mm1 import storage
+from mm1.errors import UserFacingError
 from mm1.eval.items import EvalItem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 
-class BenchmarkFileError(ValueError):
+class BenchmarkFileError(UserFacingError, ValueError):
     """A benchmark file or image folder that cannot be evaluated as configured."""
+
+    hint = "point the evaluate.* file keys at readable files (the trained checkpoints are kept: a rerun only evaluates)"
 
 
 def _load_json(path: str, what: str, key: str) -> list[dict[str, Any]]:

@@ -5,10 +5,12 @@ Each checkpoint to run is one job: its tasks (prompts) go through a Ray Data act
 Chat prompts use the SFT template (mm1.data.chat through the processor): evaluation sees what SFT taught
 and what serving will send. Benchmarks, prompts and scoring: mm1.eval.benchmarks.
 
-k-shot captioning (`shapes-kshot`) is for *pre-trained* checkpoints: document prompts
-(`<s><image>caption ... <image>`, mm1.eval.kshot) with demonstrations from a held-out pool
-(mm1.eval.heldout.shapes_demo_pool), CIDEr-D per k. Its metrics `shapes-kshot/cider@K` are attached to the
-candidate's result rows, so `select` can rank by them like any metric and every row has the same keys:
+k-shot benchmarks (`shapes-kshot`, `shapes-vqa-kshot`, `coco-caption-kshot`, `vqav2-kshot`) are for
+*pre-trained* checkpoints, as MM1 reports few-shot results for pre-trained models and zero-shot ones for SFT
+models: document prompts (`<s><image>caption ... <image>`, or `<image>question: Q answer: A ...`,
+mm1.eval.kshot) with demonstrations from each benchmark's held-out pool (mm1.eval.benchmarks), scored per k.
+Their metrics (`shapes-kshot/cider@K`, `vqav2-kshot/overall@K`, ...) are attached to the candidate's result
+rows, so `select` can rank by them like any metric and every row has the same keys:
 - SFT disabled: the rows are the pre-trained checkpoints, each scored k-shot itself (one model load per
   checkpoint does both its chat and k-shot prompts);
 - SFT enabled: each SFT row carries the k-shot scores of its candidate's last pre-trained checkpoint (the one
@@ -19,7 +21,8 @@ Outputs (results.json and the step manifest):
                  prompt_style}], [prompt_style]}]   # prompt_style: only on pre-trained rows with k-shot
     baseline:  {source, answers, metrics}          # Shapes majority answers, keyed like shapes-vqa metrics
     num_questions, num_captions, pretrained: {candidate: last pre-trained checkpoint URI},
-    benchmarks: {name: {kind, items, max_new_tokens, source, [shots]}}, kshot: {...} | null, seconds
+    benchmarks: {name: {kind, items, max_new_tokens, source, [shots, demo_pool, pool_source]}},
+    kshot: {shots, prompt_style, seed, scored, demo_pools: {name: size}} | null, seconds
 """
 
 from __future__ import annotations
@@ -35,14 +38,20 @@ from typing import Any
 from mm1.config import EvaluateConfig, SelectConfig, Workflow
 from mm1.eval.answerer import Answer, Task, answer_tasks
 from mm1.eval.baselines import MajorityBaseline, baseline_scores
-from mm1.eval.benchmarks import ANSWER_MAX_NEW_TOKENS, Benchmark, build_benchmarks, headline_metrics, score
-from mm1.eval.heldout import shapes_demo_pool, shapes_heldout, shapes_majority_baseline
+from mm1.eval.benchmarks import (
+    ANSWER_MAX_NEW_TOKENS,
+    Benchmark,
+    build_benchmarks,
+    headline_base,
+    headline_metrics,
+    score,
+)
+from mm1.eval.heldout import shapes_heldout, shapes_majority_baseline
 from mm1.eval.items import EvalItem
 from mm1.eval.select import CandidateResult, rank_results
-from mm1.eval.table import metric_table, per_type_table
+from mm1.eval.table import kshot_table, metric_table, per_type_table
 
 KSHOT_STYLE = "document"
-DEMO_POOL_SCENES = 64  # k-shot demonstrations are drawn from this many held-out scenes (more for large k)
 Checkpoint = dict[str, Any]  # {"step": int, "uri": str} as the train steps record them
 
 
@@ -94,9 +103,19 @@ def _checkpoints_to_evaluate(spec: EvalSpec, entry: dict[str, Any]) -> list[Chec
 
 def _tasks(benchmark: Benchmark) -> list[Task]:
     limit = benchmark.max_new_tokens
-    if benchmark.kind == "kshot":
+    if benchmark.kshot:
+        question = benchmark.kind == "vqa"  # a k-shot VQA prompt ends with the query's question
         return [
-            Task(benchmark.task_key(it, k), it.image, shots=k, query=it.key, max_new_tokens=limit)
+            Task(
+                benchmark.task_key(it, k),
+                it.image,
+                it.prompt if question else "",
+                shots=k,
+                query=it.key,
+                max_new_tokens=limit,
+                pool=benchmark.name,
+                task=benchmark.kind,
+            )
             for k in benchmark.shots
             for it in benchmark.items
         ]
@@ -125,7 +144,7 @@ def plan_jobs(
 
     for name, ckpt in rows:
         for bench in benchmarks:
-            if bench.kind != "kshot":
+            if not bench.kshot:
                 job(name, stage, ckpt).add(bench)
                 continue
             if stage == "pretrain":
@@ -134,7 +153,7 @@ def plan_jobs(
                 source = pretrained[name]["checkpoints"][-1]  # the checkpoint SFT started from
             else:
                 raise KeyError(
-                    f"shapes-kshot needs candidate {name!r}'s pre-trained checkpoints; none were given"
+                    f"{bench.name} needs candidate {name!r}'s pre-trained checkpoints; none were given"
                 )
             kshot_source[ckpt["uri"]] = source
             job(name, "pretrain", source).add(bench)
@@ -153,7 +172,8 @@ def _write_predictions(path: Path, job: Job, answers: dict[str, Answer]) -> None
                         "shots": shots,
                         "key": it.key,
                         "type": it.type,
-                        "prompt": it.prompt if shots is None else "",
+                        # k-shot: the query's text after its image (a VQA question; nothing for captions)
+                        "prompt": it.prompt if shots is None or bench.kind == "vqa" else "",
                         "references": list(it.references),
                         "prediction": answer.prediction,
                     }
@@ -162,9 +182,7 @@ def _write_predictions(path: Path, job: Job, answers: dict[str, Answer]) -> None
                     f.write(json.dumps(row) + "\n")
 
 
-def run_jobs(
-    spec: EvalSpec, jobs: list[Job], pool: list, out_dir: Path, log=print
-) -> dict[str, dict[str, str]]:
+def run_jobs(spec: EvalSpec, jobs: list[Job], out_dir: Path, log=print) -> dict[str, dict[str, str]]:
     """checkpoint URI -> {task key: prediction}; jobs run side by side as far as the cluster's CPUs go."""
     import ray
 
@@ -178,7 +196,7 @@ def run_jobs(
             job.tasks,
             batch_size=ev.batch_size,
             num_actors=ev.num_actors,
-            demo_pool=pool,
+            demo_pools={b.name: list(b.pool) for b in job.benchmarks if b.kshot},
             kshot_seed=ev.seed,
             use_gpu=use_gpu,
         )
@@ -208,7 +226,7 @@ def score_rows(
         }
         metrics: dict[str, float] = {}
         for bench in benchmarks:
-            if bench.kind != "kshot":
+            if not bench.kshot:
                 metrics |= score(bench, predictions[ckpt["uri"]])
                 continue
             source = plan.kshot_source[ckpt["uri"]]
@@ -239,8 +257,7 @@ def evaluate_candidates(
     ev, stage = spec.evaluate, spec.stage
     questions, captions = shapes_heldout(ev.num_scenes, ev.num_questions, ev.seed)
     benchmarks = build_benchmarks(ev, (questions, captions))
-    kshot = next((b for b in benchmarks if b.kind == "kshot"), None)
-    pool = shapes_demo_pool(ev.seed, max(DEMO_POOL_SCENES, 4 * max(kshot.shots))) if kshot else []
+    kshot = [b for b in benchmarks if b.kshot]
     plan = plan_jobs(spec, trained, pretrained, benchmarks)
 
     listed = ", ".join(
@@ -253,7 +270,7 @@ def evaluate_candidates(
     log(
         f"[evaluate] answers stop at {min(ev.max_new_tokens, ANSWER_MAX_NEW_TOKENS)} new tokens, captions at {ev.max_new_tokens}"
     )
-    predictions = run_jobs(spec, list(plan.jobs.values()), pool, out_dir, log)
+    predictions = run_jobs(spec, list(plan.jobs.values()), out_dir, log)
     results = score_rows(plan, benchmarks, stage, predictions)
 
     baseline = shapes_majority_baseline(spec.shapes_seed)
@@ -266,11 +283,11 @@ def evaluate_candidates(
         "pretrained": {name: entry["checkpoints"][-1]["uri"] for name, entry in pretrained.items()},
         "benchmarks": {b.name: _describe(b) for b in benchmarks},
         "kshot": None
-        if kshot is None
+        if not kshot
         else {
-            "shots": list(kshot.shots),
+            "shots": list(kshot[0].shots),
             "prompt_style": KSHOT_STYLE,
-            "demo_pool": len(pool),
+            "demo_pools": {b.name: len(b.pool) for b in kshot},
             "seed": ev.seed,
             "scored": "each pre-trained row itself"
             if stage == "pretrain"
@@ -300,7 +317,9 @@ def _describe(b: Benchmark) -> dict[str, Any]:
         "max_new_tokens": b.max_new_tokens,
         "source": b.source,
     }
-    return described | ({"shots": list(b.shots)} if b.shots else {})
+    if b.kshot:
+        described |= {"shots": list(b.shots), "demo_pool": len(b.pool), "pool_source": b.pool_source}
+    return described
 
 
 def print_tables(
@@ -311,9 +330,13 @@ def print_tables(
     mode: str,
     log=print,
 ) -> None:
-    """One metric table per benchmark (baseline row first), then per-type tables of the best checkpoint."""
+    """One metric table per benchmark (baseline row first; a k-shot benchmark's columns are k=0, k=4, ...),
+    then per-type tables of the best checkpoint."""
     for bench in benchmarks:
-        log(metric_table(results, headline_metrics(bench), baselines, title=f"{bench.name}").to_text())
+        if bench.kshot:
+            log(kshot_table(results, headline_base(bench), bench.shots, title=bench.name).to_text())
+        else:
+            log(metric_table(results, headline_metrics(bench), baselines, title=f"{bench.name}").to_text())
     parsed = [CandidateResult.from_dict(r) for r in results]
     try:
         best = rank_results(parsed, metric, mode)[0]  # type: ignore[arg-type]
@@ -323,8 +346,10 @@ def print_tables(
     if math.isnan(best.metrics[metric]):
         return
     for bench in benchmarks:
-        if bench.kind == "vqa" and any(
-            m.startswith(f"{bench.name}/") and m != f"{bench.name}/overall" for m in best.metrics
+        if (
+            bench.kind == "vqa"
+            and not bench.kshot
+            and any(m.startswith(f"{bench.name}/") and m != f"{bench.name}/overall" for m in best.metrics)
         ):
             title = (
                 f"{bench.name} per type: {best.candidate} ({best.stage} step {best.step}), best by {metric}"

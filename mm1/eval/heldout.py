@@ -6,7 +6,8 @@ the training seed, never on the evaluated questions.
 
 k-shot demonstrations come from a third set of scenes, `shapes_demo_pool`, drawn from a stream derived from
 `evaluate.seed` (numpy's `default_rng([seed, 1])`, independent of `default_rng(seed)`): no demonstration is
-an evaluated scene, so a query can never see its own caption, nor another query's.
+an evaluated scene, so a query can never see its own caption, nor another query's. `shapes_demo_questions`
+asks questions about the same pool scenes (k-shot VQA).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ def shapes_demo_pool(seed: int, num_scenes: int) -> list[Demo]:
     rng = np.random.default_rng([seed, DEMO_POOL_STREAM])
     scenes = [shapes.sample_scene(rng) for _ in range(num_scenes)]
     return [Demo(f"d{i}", _png(scene), shapes.caption(scene)) for i, scene in enumerate(scenes)]
+
+
+def shapes_demo_questions(seed: int, num_scenes: int) -> list[Demo]:
+    """k-shot VQA demonstrations: the questions (not captions) about `shapes_demo_pool`'s scenes, answered;
+    keys `d{i}q{j}`, image key `d{i}`."""
+    rng = np.random.default_rng([seed, DEMO_POOL_STREAM])
+    scenes = [shapes.sample_scene(rng) for _ in range(num_scenes)]
+    question_rng = np.random.default_rng([seed, DEMO_POOL_STREAM, 1])
+    demos: list[Demo] = []
+    for i, scene in enumerate(scenes):
+        image = _png(scene)
+        for j, q in enumerate(shapes.questions(scene, question_rng)):
+            if q.type != "caption":
+                demos.append(Demo(f"d{i}q{j}", image, q.answer, question=q.question, image_key=f"d{i}"))
+    return demos
 
 
 def shapes_majority_baseline(train_seed: int, num_scenes: int = 1000) -> MajorityBaseline:

@@ -2,8 +2,10 @@
 
 Sections: the winner and why; loss and learning-rate curves per candidate for each stage; the selected
 metric per candidate against its majority baseline; the metric table (candidates x checkpoints x metrics,
-baselines on their own row); the winner's per-type scores beside the baselines; the ablation table (which
-sweep key moved the selected metric most); step wall times; and warnings about anything missing.
+baselines on their own row); one k-shot table per k-shot benchmark (its headline metric, a column per k);
+the winner's per-type scores beside the baselines; the ablation table (which
+sweep key moved the selected metric most); trainable parameters per part and stage (LoRA adapters apart);
+step wall times; and warnings about anything missing.
 
 `write_report(out_dir, summary)` takes a `mm1.eval.run_summary.RunSummary` (or a dict of its fields).
 
@@ -32,7 +34,7 @@ from mm1 import storage
 from mm1.eval.charts import plot_curves, plot_metric, stage_rank
 from mm1.eval.run_summary import RunSummary
 from mm1.eval.select import CandidateResult, Winner, select_winner
-from mm1.eval.table import Table, fmt, metric_table, per_type_table
+from mm1.eval.table import Table, fmt, kshot_metrics, kshot_table, metric_table, per_type_table
 
 REPORT_FILE = "report.html"
 CURVES_PNG = "curves.png"
@@ -78,6 +80,32 @@ def read_metrics_file(path: str | Path) -> tuple[list[dict[str, Any]], list[str]
     if diverged is not None:
         warnings.append(f"{path}: loss is {diverged['loss']} at {diverged['stage']} step {diverged['step']}")
     return ordered, warnings
+
+
+# ---- trainable parameters ------------------------------------------------------------------------------
+TRAINABLE_PARTS = ("vision", "connector", "llm", "lora")
+
+
+def trainable_table(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> Table | None:
+    """Candidates x stages: trainable parameters per part, from the `trainable_params` the training loop puts
+    on the first row of each start (the last one of a stage wins); None when no row has them."""
+    rows = []
+    for candidate, run_rows in curves.items():
+        latest: dict[str, Mapping[str, int]] = {}
+        for row in run_rows:
+            if isinstance(row.get("trainable_params"), Mapping):
+                latest[str(row["stage"])] = row["trainable_params"]
+        for stage in sorted(latest, key=stage_rank):
+            counts = latest[stage]
+            trained = sum(int(counts.get(p, 0)) for p in TRAINABLE_PARTS)
+            total = int(counts.get("all", 0))
+            share = f"{trained / total:.2%}" if total else "-"
+            cells = [f"{int(counts.get(p, 0)):,}" for p in TRAINABLE_PARTS]
+            rows.append([candidate, stage, *cells, f"{trained:,}", f"{total:,}", share])
+    if not rows:
+        return None
+    header = ["candidate", "stage", *TRAINABLE_PARTS, "trainable", "all", "share"]
+    return Table(header, rows, align=["l", "l"] + ["r"] * (len(header) - 2))
 
 
 # ---- ablation --------------------------------------------------------------------------------------------
@@ -205,6 +233,19 @@ def _winner_html(winner: Mapping[str, Any]) -> str:
     return '<div class="winner">' + "<br>".join(lines) + "</div>"
 
 
+def _kshot_tables(rows: Sequence[Mapping[str, Any]], winner_checkpoint: str | None) -> list[str]:
+    """One table per k-shot benchmark, its headline metric for each k side by side (k=0, k=4, k=8 columns)."""
+    parts = []
+    for base, shots in kshot_metrics(rows).items():
+        if base.rsplit("/", 1)[-1] not in ("overall", "cider"):
+            continue  # per-type k-shot scores stay in the metric table
+        table = kshot_table(
+            rows, base, shots, highlight_checkpoint=winner_checkpoint, title=f"{base} by k (k-shot)"
+        )
+        parts.append(f'<div class="scroll">{table.to_html()}</div>')
+    return parts
+
+
 def write_report(out_dir: str | Path, summary: RunSummary | Mapping[str, Any]) -> Path:
     """Write out_dir/report.html (self-contained) and its charts as PNG files; returns the HTML path."""
     run = summary if isinstance(summary, RunSummary) else RunSummary.from_dict(summary)
@@ -267,6 +308,7 @@ def write_report(out_dir: str | Path, summary: RunSummary | Mapping[str, Any]) -
         if styles:
             listed = ", ".join(f"{stage}: {style}" for stage, style in styles)
             parts.append(f'<p class="muted">k-shot prompt style by stage: {html.escape(listed)}</p>')
+        parts += _kshot_tables(run.eval, winner.get("checkpoint"))
     else:
         parts.append('<p class="warn">no evaluation results</p>')
 
@@ -288,6 +330,15 @@ def write_report(out_dir: str | Path, summary: RunSummary | Mapping[str, Any]) -
                 "of its values). Means are over each candidate's best checkpoint.</p>"
             )
             parts.append(ablation_table(ranked, metric).to_html())
+
+    trainable = trainable_table(curves)
+    if trainable is not None:
+        parts.append("<h2>Trainable parameters</h2>")
+        parts.append(trainable.to_html())
+        parts.append(
+            '<p class="muted">Per part, what each training stage updated: a part\'s own weights, and the LoRA '
+            "adapters (mm1.model.lora); share = trainable / all parameters of the trained model.</p>"
+        )
 
     times = {step: s for step, s in run.step_times.items() if s is not None}
     if times:

@@ -1,14 +1,15 @@
 """Metric tables for the terminal (the CLI) and for the HTML report, from one builder so both agree.
 
 `metric_table` puts the majority baselines on their own row right under the header, aligned with the metric
-columns they belong to; `per_type_table` puts one checkpoint's per-type scores beside their baselines with
-the gain over them. Values print with a fixed number of decimals; a missing or NaN value prints as "-".
+columns they belong to; `kshot_table` shows one k-shot metric (METRIC@K) with a column per k side by side;
+`per_type_table` puts one checkpoint's per-type scores beside their baselines with the gain over them. Values print with a fixed number of decimals; a missing or NaN value prints as "-".
 """
 
 from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,3 +135,59 @@ def per_type_table(
             [m.removeprefix(prefix), fmt(score, digits), fmt(base, digits), fmt(gain, digits, signed=True)]
         )
     return Table(["type", "score", "majority baseline", "gain"], rows, title=title)
+
+
+_AT_K = re.compile(r"^(?P<base>.+)@(?P<k>\d+)$")
+
+
+def kshot_metrics(results: Sequence[CandidateResult | Mapping[str, Any]]) -> dict[str, list[int]]:
+    """k-shot metric bases (METRIC of METRIC@K) among the results' metrics -> their k values, sorted."""
+    found: dict[str, set[int]] = {}
+    for r in results:
+        for name in _as_result(r).metrics:
+            match = _AT_K.match(name)
+            if match:
+                found.setdefault(match["base"], set()).add(int(match["k"]))
+    return {base: sorted(ks) for base, ks in sorted(found.items())}
+
+
+def kshot_table(
+    results: Sequence[CandidateResult | Mapping[str, Any]],
+    base: str,
+    shots: Sequence[int],
+    digits: int = 3,
+    highlight_checkpoint: str | None = None,
+    title: str = "",
+    show_checkpoint: bool = False,
+) -> Table:
+    """One k-shot metric (`base`, e.g. coco-caption-kshot/cider) side by side for each k: columns k=0, k=4, ...
+
+    Rows are the checkpoints that were prompted k-shot: a row's own, or, for a row whose `kshot` record names
+    another checkpoint (SFT rows carry their pre-trained checkpoint's k-shot scores), that checkpoint, listed
+    once per candidate. `highlight_checkpoint` (the winner) marks its row, or the row its scores came from.
+    """
+    lead = ["candidate", "stage", "step"] + (["checkpoint"] if show_checkpoint else [])
+    header = [*lead, *(f"k={k}" for k in shots)]
+    align = ["l", "l", "r", "l"][: len(lead)] + ["r"] * len(shots)
+    seen: dict[tuple[str, str], tuple[tuple, list[str], bool]] = {}
+    for raw in results:
+        r = _as_result(raw)
+        source = raw.get("kshot") if isinstance(raw, Mapping) else None
+        stage, step, checkpoint = (
+            (str(source["stage"]), int(source["step"]), str(source["checkpoint"]))
+            if source
+            else (r.stage, r.step, r.checkpoint)
+        )
+        highlight = highlight_checkpoint is not None and highlight_checkpoint in (r.checkpoint, checkpoint)
+        key = (r.candidate, checkpoint)
+        if key in seen:
+            order, cells, was = seen[key]
+            seen[key] = (order, cells, was or highlight)
+            continue
+        cells = [r.candidate, stage, str(step)] + ([checkpoint] if show_checkpoint else [])
+        cells += [fmt(r.metrics.get(f"{base}@{k}"), digits) for k in shots]
+        seen[key] = ((r.candidate, stage != "pretrain", step, checkpoint), cells, highlight)
+    ordered = sorted(seen.values(), key=lambda v: v[0])
+    rows = [cells for _, cells, _ in ordered]
+    emphasis = {i for i, (_, _, em) in enumerate(ordered) if em}
+    return Table(header, rows, align, title or f"{base} by k", emphasis)

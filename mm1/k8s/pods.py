@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm1.config import ClusterConfig, NodeGroup, Toleration, Workflow
+from mm1.errors import UserFacingError
 from mm1.storage import is_remote, scheme
 from services.ingress import cluster_env
 
@@ -44,7 +45,7 @@ SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
-class RenderError(ValueError):
+class RenderError(UserFacingError, ValueError):
     """The workflow's cluster section cannot become valid manifests; the message names the key."""
 
 

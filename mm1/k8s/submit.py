@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mm1.config import Workflow
+from mm1.errors import UserFacingError
 from mm1.k8s.render import render_job, render_service, service_url
 from mm1.k8s.validate import validate_all
 
@@ -26,7 +27,7 @@ TERMINAL = {"Complete", "Failed", "ValidationFailed"}
 Log = Callable[[str], None]
 
 
-class K8sError(RuntimeError):
+class K8sError(UserFacingError, RuntimeError):
     """A Kubernetes problem the user can act on; the message says what to do."""
 
 

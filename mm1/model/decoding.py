@@ -6,9 +6,12 @@ a batch may mix chat prompts and k-shot document prompts, and rows may join a ru
 or leave it (`Batch.drop_finished`). The KV cache is left-padded: a row admitted later gets extra padding on
 the left (masked out), and padding columns no row needs are cut away.
 
-Greedy is the default choice of the next token: the suppressed tokens are masked out, then the argmax. A row
-ends at its first stop token (not part of its answer) or when its budget (max tokens, capped by the context)
-is spent. Drivers:
+Greedy is the default choice of the next token: the suppressed tokens are masked out, then (for a row with a
+`Constraint`, e.g. a JSON schema's grammar) every token its grammar forbids, then the argmax. Rows without a
+constraint pay nothing for it, so every row of a batch may carry its own grammar or none. A row that asks for
+log-probabilities (`Row.top_logprobs`) gets, per generated token, the model's raw log-softmax (before any
+mask or temperature) of that token and of its most likely alternatives. A row ends at its first stop token
+(not part of its answer) or when its budget (max tokens, capped by the context) is spent. Drivers:
 - `Decoder.run`: one fixed batch from prefill to the end (evaluation: `generate_answers` here and
   mm1.eval.generation; serving's `Engine.generate`);
 - services.scheduler.DecodeLoop: continuous batching over `prefill`/`step` (requests join at step
@@ -51,6 +54,28 @@ class ChatPrompt:
     pixel_values: torch.Tensor | None
 
 
+class Constraint(Protocol):
+    """What a row's answer must follow, token by token (services.grammar: an llguidance grammar)."""
+
+    def fill_mask(self, words: torch.Tensor) -> None:
+        """Write the tokens allowed next as bits into `words` (int32, zeros, token t = bit t % 32 of word
+        t // 32), the stop tokens among them where the answer may end here."""
+        ...
+
+    def consume(self, token: int) -> None:
+        """Advance past a generated token (never a stop token)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the `top` most likely tokens at its step: (id, logprob)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass(kw_only=True)
 class Row:
     """One sequence being decoded."""
@@ -59,6 +84,8 @@ class Row:
     suppress_ids: tuple[int, ...]  # tokens it may not emit
     max_tokens: int
     ignore_stops: bool = False  # generate on through stop tokens (a request's ignore_eos)
+    constraint: Constraint | None = None  # a grammar masking the logits at every step (None: free)
+    top_logprobs: int | None = None  # None: no log-probabilities; K: the chosen token's and the top K's
     tag: Any = None  # the driver's handle for this row (where its outputs go)
     budget: int = 0  # tokens it may generate in total: max_tokens capped by the context (set by prefill)
     position: int = 0  # position id of the next token fed to the model (set by prefill)
@@ -66,8 +93,9 @@ class Row:
     count: int = 0  # tokens generated
     last_token: int = 0  # chosen, not yet fed
     finished: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token of `tokens` (top_logprobs set)
 
-    def accept(self, token: int) -> str | None:
+    def accept(self, token: int, logprob: TokenLogprob | None = None) -> str | None:
         """Take the chosen token; the finish reason ("stop" | "length") if it ends the row."""
         self.count += 1
         self.last_token = token
@@ -75,6 +103,10 @@ class Row:
             self.finished = True
             return "stop"
         self.tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
+        if self.constraint is not None:
+            self.constraint.consume(token)
         if self.count >= self.budget:
             self.finished = True
             return "length"
@@ -172,6 +204,39 @@ def suppress(logits: torch.Tensor, rows: Sequence[Row]) -> None:
             logits[torch.tensor(members, device=logits.device)[:, None], columns] = float("-inf")
 
 
+def constrain(logits: torch.Tensor, rows: Sequence[Row]) -> None:
+    """Mask out of each constrained row's [vocab] logits every token its grammar forbids, in place."""
+    members = [i for i, row in enumerate(rows) if row.constraint is not None and not row.finished]
+    if not members:
+        return
+    vocab = logits.shape[-1]
+    words = torch.zeros((len(members), (vocab + 31) // 32), dtype=torch.int32)
+    for j, i in enumerate(members):
+        rows[i].constraint.fill_mask(words[j])
+    bits = (words.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1  # [members, words, 32]
+    allowed = bits.reshape(len(members), -1)[:, :vocab].bool().to(logits.device)
+    index = torch.tensor(members, device=logits.device)
+    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+
+
+def raw_logprobs(
+    logits: torch.Tensor, rows: Sequence[Row]
+) -> tuple[list[int], torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """For the live rows that ask for log-probabilities: their indices, their log-softmax over the raw logits
+    (before suppression, grammar and temperature: the model's own distribution, as vLLM's default
+    `raw_logprobs`; training's forward gives the same numbers), and their top-K (values, ids) at the
+    largest K asked for (None when no row asks for alternatives)."""
+    members = [i for i, row in enumerate(rows) if row.top_logprobs is not None and not row.finished]
+    if not members:
+        return [], logits.new_empty(0), None, None
+    logprobs = torch.log_softmax(logits[members].float(), dim=-1)
+    k = max(rows[i].top_logprobs or 0 for i in members)
+    if not k:
+        return members, logprobs, None, None
+    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return members, logprobs, values, ids
+
+
 class Decoder:
     """Prefill, step and the greedy choice over one model; drivers decide which rows run together."""
 
@@ -263,8 +328,10 @@ class Decoder:
             batch.drop_finished()
 
     def choose(self, rows: Sequence[Row], logits: torch.Tensor) -> list[int]:
-        """The next token of every row (finished ones included, and ignored): greedy."""
+        """The next token of every row (finished ones included, and ignored): greedy among the tokens the
+        row may emit (its suppressed tokens and its grammar's forbidden ones masked out, in place)."""
         suppress(logits, rows)
+        constrain(logits, rows)
         return logits.argmax(dim=-1).tolist()
 
     def output(self, row: Row, token: int, reason: str | None) -> Any:
@@ -272,10 +339,21 @@ class Decoder:
         return reason
 
     def _advance(self, rows: Sequence[Row], logits: torch.Tensor) -> list[Any]:
+        members, logprobs, top_values, top_ids = raw_logprobs(logits, rows)  # before `choose` masks
         tokens = self.choose(rows, logits)
+        entries: dict[int, TokenLogprob] = {}
+        if members:
+            chosen = logprobs.gather(-1, torch.tensor([[tokens[i]] for i in members], device=logits.device))
+            chosen_list = chosen[:, 0].tolist()
+            values = top_values.tolist() if top_values is not None else None
+            ids = top_ids.tolist() if top_ids is not None else None
+            for j, i in enumerate(members):
+                k = rows[i].top_logprobs or 0
+                top = tuple(zip(ids[j][:k], values[j][:k], strict=True)) if k and ids is not None else ()
+                entries[i] = TokenLogprob(tokens[i], chosen_list[j], top)
         return [
-            None if row.finished else self.output(row, token, row.accept(token))
-            for row, token in zip(rows, tokens, strict=True)
+            None if row.finished else self.output(row, token, row.accept(token, entries.get(i)))
+            for i, (row, token) in enumerate(zip(rows, tokens, strict=True))
         ]
 
     def answers(

@@ -9,6 +9,8 @@ Definitions:
                     N_llm_active counts the active non-embedding LLM weights; d_model * vocab is the output
                     projection (a matmul, unlike the input lookup); the last term is attention's QK^T and AV
                     over a seq_len context, not halved for causality (as in PaLM).
+  trainable         per part, for a stage's freeze and LoRA sections (`trainable_info`): a part's own
+                    weights that train, and the LoRA adapters apart.
   FLOPs per image   training FLOPs of the encoder and connector per image (all sub-images):
                       sub_images * [P * 6 * (N_vision + N_connector) + 12 * L_v * d_v * P^2], P = patches;
                     the connector term is an upper bound (its second stage runs on k < P positions). A
@@ -19,7 +21,7 @@ Definitions:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,6 +32,9 @@ from mm1.model.moe import SparseMoE
 from mm1.model.presets import mm1_config
 from mm1.model.vision import VisionTower, feature_geometry
 from mm1.registry import PRESETS
+
+if TYPE_CHECKING:
+    from mm1.config_sections import LoraConfig
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -130,3 +135,44 @@ def format_model_info(preset: str | Sequence[str] | None = None, seq_len: int = 
     lines.insert(1, "-+-".join("-" * w for w in widths))
     note = f"N excludes token embeddings and lm_head; FLOPs are training FLOPs (seq_len={seq_len}), see mm1.model.info"
     return "\n".join([*lines, note])
+
+
+def trainable_info(
+    preset: str | MM1Config, freeze: Sequence[str] = (), lora: LoraConfig | None = None
+) -> dict[str, int]:
+    """Trainable parameters per part (vision, connector, llm, lora) and `all` parameters, for a stage that
+    freezes `freeze` and, with `lora` (r >= 1), adds its adapters: the training loop's own rules
+    (mm1.model.lora), applied to a meta-device model."""
+    from mm1.model.freeze import apply_freeze
+    from mm1.model.lora import add_lora, lora_enabled, trainable_by_part
+
+    config = mm1_config(preset) if isinstance(preset, str) else preset
+    model = _meta_model(config)
+    apply_freeze(model, freeze)
+    if lora_enabled(lora):
+        add_lora(model, lora, freeze, key="lora")
+    return trainable_by_part(model)
+
+
+def format_trainable_info(
+    preset: str | Sequence[str] | None = None, freeze: Sequence[str] = (), lora: LoraConfig | None = None
+) -> str:
+    """A text table of trainable_info per preset: parts, their sum and its share of all parameters."""
+    names = list(PRESETS) if preset is None else [preset] if isinstance(preset, str) else list(preset)
+    header = ["preset", "vision", "connector", "llm", "lora", "trainable", "all", "share"]
+    rows = []
+    for name in names:
+        counts = trainable_info(name, freeze, lora)
+        trained = sum(counts[p] for p in ("vision", "connector", "llm", "lora"))
+        cells = [_human(counts[p]) for p in ("vision", "connector", "llm", "lora")]
+        rows.append([name, *cells, _human(trained), _human(counts["all"]), f"{trained / counts['all']:.2%}"])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    adapters = (
+        f"LoRA r={lora.r} on {','.join(lora.parts)}: {','.join(lora.target_modules)}"
+        if lora is not None and lora.r > 0
+        else "no LoRA"
+    )
+    title = f"trainable parameters (freeze: {', '.join(freeze) or 'nothing'}; {adapters})"
+    return "\n".join([title, *lines])

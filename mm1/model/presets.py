@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from mm1.data.chat import BOS, EOS, IMAGE, PAD, stop_token_ids
+from mm1.data.chat import IMAGE, stop_token_ids
+from mm1.data.preprocess import image_processor_stats
 from mm1.model.configuration import MM1Config
 from mm1.model.modeling import MM1ForConditionalGeneration, upcycle_to_moe
 from mm1.model.vision import vision_config_from_pretrained
 from mm1.registry import PRESETS
 
 __all__ = ["PRESETS", "build_mm1", "mm1_config"]
+
+logger = logging.getLogger(__name__)
 
 
 def _field_names(config_class: type) -> set[str]:
@@ -48,16 +52,49 @@ def _apply_overrides(kwargs: dict[str, Any], overrides: dict[str, Any]) -> None:
         target[name] = value
 
 
-def _tokenizer_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+def _tokenizer_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     vocab = tokenizer.get_vocab()
-    missing = [t for t in (PAD, BOS, EOS, IMAGE) if t not in vocab]
+    missing = [
+        name for name, tok in (("eos", tokenizer.eos_token), ("pad", tokenizer.pad_token)) if tok is None
+    ]
+    missing += [IMAGE] if IMAGE not in vocab else []
     if missing:
         raise ValueError(
-            f"tokenizer lacks the special tokens {missing}; load it with mm1.data.tokenizer.load_tokenizer"
+            f"tokenizer lacks {missing}; load it with mm1.data.tokenizer.load_tokenizer (it adds {IMAGE} and "
+            "sets eos/pad where missing)"
         )
     return {
-        name: vocab[token] for name, token in (("pad", PAD), ("bos", BOS), ("eos", EOS), ("image", IMAGE))
+        "pad": tokenizer.pad_token_id,
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "image": vocab[IMAGE],
     }
+
+
+def check_llm_vocabulary(tokenizer: PreTrainedTokenizerBase, llm: str, llm_rows: int) -> None:
+    """The tokenizer must speak the LLM's vocabulary: every token of the LLM's own tokenizer (when the LLM
+    ships one) has the same id in it, and nothing but tokens it adds lies past the LLM's embedding rows."""
+    from mm1.data.chat import SPECIAL_TOKENS
+
+    try:
+        own = AutoTokenizer.from_pretrained(llm).get_vocab()
+    except (OSError, ValueError):
+        own = None
+    vocab = tokenizer.get_vocab()
+    if own is not None:
+        wrong = [t for t, i in own.items() if vocab.get(t) != i]
+        if wrong:
+            raise ValueError(
+                f"the tokenizer does not match the LLM {llm}: {len(wrong)} of its {len(own)} tokens have other "
+                f"ids or are missing (e.g. {wrong[:3]}); use the LLM's tokenizer (leave data.tokenizer empty)"
+            )
+    else:  # an LLM without tokenizer files: only the sizes can be compared
+        base = [t for t in vocab if t not in SPECIAL_TOKENS]
+        if len(base) > llm_rows:
+            raise ValueError(
+                f"the tokenizer has {len(base)} tokens (before MM1's) but the LLM {llm} has {llm_rows} embedding "
+                "rows: use the LLM's tokenizer"
+            )
 
 
 def mm1_config(
@@ -81,16 +118,24 @@ def mm1_config(
         kwargs["vision_config"] = vision_config_from_pretrained(vision).to_dict()
         # Its native resolution; a convolutional config may not record one (then the preset's size stays).
         kwargs["image_size"] = kwargs["vision_config"].get("image_size", kwargs["image_size"])
+        # The tower's own pixel statistics (and size), from its image-processor config when it has one.
+        stats = image_processor_stats(vision)
+        if stats is not None:
+            kwargs["image_mean"], kwargs["image_std"] = stats["image_mean"], stats["image_std"]
+            kwargs["image_size"] = stats["image_size"] or kwargs["image_size"]
     if llm is not None:
         kwargs["text_config"] = AutoConfig.from_pretrained(llm).to_dict()
     text = kwargs["text_config"]
     if tokenizer is not None:
         ids = _tokenizer_ids(tokenizer)
+        if llm is not None:
+            # The LLM keeps its rows (Qwen2 pads past its tokenizer); tokens MM1 adds past them get new rows.
+            check_llm_vocabulary(tokenizer, llm, text["vocab_size"])
+            vocab = max(text["vocab_size"], len(tokenizer))
+        else:
+            vocab = len(tokenizer)
         text.update(
-            vocab_size=len(tokenizer),
-            pad_token_id=ids["pad"],
-            bos_token_id=ids["bos"],
-            eos_token_id=ids["eos"],
+            vocab_size=vocab, pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"]
         )
         kwargs["image_token_id"] = ids["image"]
     if vocab_size is not None:
@@ -141,9 +186,16 @@ def build_mm1(
 def _load_llm(model: MM1ForConditionalGeneration, llm: str) -> None:
     pretrained = AutoModelForCausalLM.from_pretrained(llm, dtype=model.dtype)
     vocab = model.config.text_config.vocab_size
-    if pretrained.get_input_embeddings().weight.shape[0] != vocab:
-        # Our special tokens may extend the LLM's vocabulary; new rows start at the mean embedding.
-        pretrained.resize_token_embeddings(vocab)
+    rows = pretrained.get_input_embeddings().weight.shape[0]
+    if vocab < rows:
+        raise ValueError(
+            f"the model's vocabulary ({vocab}) is smaller than the LLM {llm}'s {rows} embedding rows: build it "
+            "with the LLM's tokenizer (mm1.data.tokenizer.load_tokenizer), never cut an LLM's embeddings"
+        )
+    if vocab > rows:
+        # The one resize: rows for the tokens MM1 added (<image>, ...), started at the mean embedding.
+        logger.info("LLM %s: %d -> %d embedding rows for the tokens MM1 adds", llm, rows, vocab)
+        pretrained.resize_token_embeddings(vocab, mean_resizing=True)
     missing, unexpected = model.language_model.load_state_dict(pretrained.state_dict(), strict=False)
     if missing or unexpected:
         raise ValueError(f"LLM weights from {llm} do not fit: missing {missing}, unexpected {unexpected}")

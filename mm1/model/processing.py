@@ -1,8 +1,9 @@
 """`MM1Processor`: the tokenizer plus the image settings a checkpoint was trained with.
 
 It is what data, eval and serving import to turn images and chats into model inputs, so all of them use the
-same preprocessing (mm1.data.preprocess) and chat template (mm1.data.chat). It is saved beside the weights:
-the tokenizer files plus `preprocessor_config.json`.
+same preprocessing (mm1.data.preprocess.pixel_values, with the vision tower's own mean/std from MM1Config) and
+chat template (mm1.data.chat: the tokenizer's own when it has one). It is saved beside the weights: the
+tokenizer files (with its chat template) plus `preprocessor_config.json`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mm1.data import chat
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, image_tokens_per_image, split_image, to_pixel_values
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, image_tokens_per_image, pixel_values
 from mm1.model.configuration import MM1Config
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -65,10 +66,7 @@ class MM1Processor:
     # -- images -------------------------------------------------------------------------------------------
     def images_to_pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
         """Image sources (bytes, paths, PIL, uint8 arrays) -> [len(images) * sub_images, 3, S, S] float32."""
-        arrays = [crop for image in images for crop in split_image(image, self.image_size, self.image_grid)]
-        if not arrays:
-            return torch.zeros(0, 3, self.image_size, self.image_size)
-        return to_pixel_values(arrays, self.image_mean, self.image_std)
+        return pixel_values(images, self.image_size, self.image_grid, self.image_mean, self.image_std)
 
     # -- text ---------------------------------------------------------------------------------------------
     def encode_document(self, parts: Sequence[str | chat.ImageSlot]) -> chat.Encoded:

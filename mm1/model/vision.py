@@ -12,11 +12,15 @@ wide it is, so configs are checked and FLOPs counted without building the tower.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from mm1.model_checks import FeatureGeometry
+from mm1.model_checks import feature_geometry as _geometry
+
+__all__ = ["FeatureGeometry", "VisionTower", "feature_geometry", "vision_config_from_pretrained"]
 
 # Submodules the towers own but never use for patch features: CLIP's post_layernorm only feeds the pooled CLS
 # output, SigLIP's attention-pooling head only the pooled output. They are replaced by nn.Identity, so every
@@ -30,29 +34,9 @@ UNUSED_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class FeatureGeometry:
-    stride: int  # input pixels per side of one feature-grid cell
-    channels: int  # width of one feature
-    native_size: int | None  # resolution the position embeddings were built for; None: convolutional
-
-
 def feature_geometry(vision_config: PretrainedConfig) -> FeatureGeometry:
-    kind = vision_config.model_type
-    if kind == "resnet":
-        # The stem (stride-2 conv + stride-2 max-pool) divides by 4, every stage after the first by 2.
-        first = 2 if vision_config.downsample_in_first_stage else 1
-        stride = 4 * first * 2 ** (len(vision_config.hidden_sizes) - 1)
-        return FeatureGeometry(stride, vision_config.hidden_sizes[-1], None)
-    if kind in ("convnext", "convnextv2"):
-        stride = vision_config.patch_size * 2 ** (vision_config.num_stages - 1)
-        return FeatureGeometry(stride, vision_config.hidden_sizes[-1], None)
-    if hasattr(vision_config, "patch_size") and hasattr(vision_config, "hidden_size"):
-        return FeatureGeometry(vision_config.patch_size, vision_config.hidden_size, vision_config.image_size)
-    raise ValueError(
-        f"vision tower {kind!r} is neither a patch transformer (no patch_size/hidden_size in its config) nor "
-        "one of the convolutional towers resnet, convnext, convnextv2"
-    )
+    """mm1.model_checks.feature_geometry on a built config (one home: `mm1 validate` uses it torch-free)."""
+    return _geometry(vision_config.to_dict())
 
 
 def vision_config_from_pretrained(name_or_path: str) -> PretrainedConfig:

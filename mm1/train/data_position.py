@@ -57,6 +57,7 @@ def micro_batches(
     position: DataPosition,
     shuffle_buffer: int = 0,
     seed: int = 0,
+    collate: Any = None,
 ) -> Iterator[dict]:
     """Collated micro-batches of this worker's shard, pass after pass, without the first `skip`.
 
@@ -65,9 +66,12 @@ def micro_batches(
     seeded by `seed` + the pass number, so passes differ. Ray fills the buffer as blocks arrive, so the order
     repeats only as far as that timing does: a resumed run skips the right number of micro-batches, not
     necessarily the same rows (as with several workers, above). A pass that yields nothing is an error (too
-    little data for one micro-batch).
+    little data for one micro-batch). `collate` (default mm1.data.loader.collate_packed) makes the tensors:
+    pass `PackedCollate.for_processor(processor)` so pixels are normalized with the model's own statistics.
     """
     from mm1.data.loader import collate_packed
+
+    collate = collate or collate_packed
 
     seen = 0
     pass_number = position.current_pass(workers, micro_batch)
@@ -87,7 +91,7 @@ def micro_batches(
             in_pass += 1
             seen += 1
             if seen > skip:
-                yield collate_packed(batch)
+                yield collate(batch)
         if in_pass == 0:
             raise RuntimeError(
                 f"the training data yields no micro-batch of {micro_batch} sequences per worker: "

@@ -7,19 +7,21 @@ last checkpoint (Ray Train hands it to the loop through `ray.train.get_checkpoin
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mm1 import storage
 from mm1.config import ModelConfig, TrainConfig
-from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR
+from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR, STATE_FILE
 from mm1.train.job import TrainJob
 from mm1.train.loop import train_loop_per_worker
 
@@ -31,6 +33,9 @@ class StageOutcome:
     run_path: str  # the Ray Train run folder (storage_path/name)
     checkpoints: list[dict[str, Any]]  # [{"step": int, "uri": model folder}], oldest first
     history: list[dict[str, Any]]  # metric rows of the last checkpoint
+    # Trainable parameters per part (vision, connector, llm, lora) and `all`, from the last checkpoint's
+    # train state (mm1.model.lora.trainable_by_part); None before any checkpoint.
+    trainable_params: dict[str, int] | None = None
 
 
 def fit_stage(
@@ -115,8 +120,14 @@ def collect_outcome(storage_path: str, run_name: str) -> StageOutcome:
     found.sort()
     checkpoints = [{"step": step, "uri": storage.join(folder, MODEL_DIR)} for step, folder in found]
     history: list[dict[str, Any]] = []
+    trainable: dict[str, int] | None = None
     if found:
         with contextlib.suppress(FileNotFoundError, OSError):
             text = storage.read_text(storage.join(found[-1][1], METRICS_FILE))
             history = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return StageOutcome(run_path, checkpoints, history)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            state = torch.load(
+                io.BytesIO(storage.read_bytes(storage.join(found[-1][1], STATE_FILE))), weights_only=False
+            )
+            trainable = state.get("trainable_params")
+    return StageOutcome(run_path, checkpoints, history, trainable)

@@ -13,7 +13,8 @@ A metric row (one per step, global over all workers):
     sub_images (images and crops encoded), tokens_per_s, images_per_s, mfu, data_wait_fraction and
     compute_fraction (of the step time: waiting for batches, in train_step; the rest is reporting),
     step_time_s (since the previous step ended, so reporting and checkpointing count against throughput),
-    time (unix), workers, peak_memory_mb (rank 0).
+    time (unix), workers, peak_memory_mb (rank 0); the first row of each start (fresh or resumed) also has
+    trainable_params: trainable parameters per part, {vision, connector, llm, lora, all} (mm1.model.lora).
 At every logged step each worker also exports its row's figures as Prometheus gauges (mm1_train_*, tagged
 with the workflow run, stage, candidate and worker rank; mm1/metrics.py).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +35,18 @@ import torch
 
 from mm1 import metrics, storage
 from mm1.config import ModelConfig
-from mm1.train.checkpoint import MODEL_DIR, load_history, load_optimizer, load_train_state, save_checkpoint
+from mm1.console import step_line
+from mm1.data.loader import PackedCollate
+from mm1.model.lora import lora_enabled, trainable_by_part
+from mm1.train.checkpoint import (
+    MODEL_DIR,
+    STATE_FILE,
+    load_history,
+    load_optimizer,
+    load_train_state,
+    load_trainable,
+    save_checkpoint,
+)
 from mm1.train.data_position import DataPosition, micro_batches
 from mm1.train.job import TrainJob
 from mm1.train.mfu import device_peak_flops, flops_model, mfu
@@ -43,10 +56,12 @@ from mm1.train.step import train_step
 
 
 def _build_model(job: TrainJob, checkpoint_dir: Path | None):
-    """Weights come from (in order): this run's checkpoint, the stage's init checkpoint, or random init."""
+    """Weights come from (in order): this run's checkpoint, the stage's init checkpoint, or random init. A
+    LoRA stage always starts from the stage's starting weights: its checkpoints' trainable tensors are loaded
+    onto them after the adapters are added (`model/` of its checkpoints is merged, not a base to adapt)."""
     from mm1.model import MM1ForConditionalGeneration, MM1Processor
 
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and not lora_enabled(job.stage.lora):
         source = checkpoint_dir / MODEL_DIR
     elif job.init_checkpoint:  # the previous stage's checkpoint, wherever storage keeps it
         source = Path(storage.local_copy(job.init_checkpoint))
@@ -105,8 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
         model, processor = _build_model(job, checkpoint_dir)
         apply_freeze(model, stage.freeze)
+        n_params = non_embedding_params(model)  # of the model itself: the LR law knows no adapters
+        base_digest = _add_lora(job, model, checkpoint_dir)
+        trainable = trainable_by_part(model)
         unwrapped = model  # DDP wraps it; FSDP2 shards it in place: its parts stay reachable here
-        lr, weight_decay, lr_why = choose_lr(stage.lr, stage.weight_decay, non_embedding_params(model))
+        lr, weight_decay, lr_why = choose_lr(stage.lr, stage.weight_decay, n_params)
         flops = flops_model(model.config, job.seq_len)
         crops = model.config.sub_images_per_image
         model = wrap_model(model, stage.strategy, stage.precision, device, stage.activation_checkpointing)
@@ -124,7 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.manual_seed(stage.seed + 1000 * rank + step)
     if rank == 0:
         resumed = f"resumed at step {step}" if step else "from scratch"
-        print(f"[{job.label}] {resumed}; {lr_why}", flush=True)
+        say(f"[{job.label}] {resumed}; {lr_why}; trainable parameters {_trainable_line(trainable)}")
 
     peak = device_peak_flops(device, stage.precision)
     peak_sum, unknown = all_reduce_sum([peak or 0.0, 0.0 if peak else 1.0])
@@ -149,8 +167,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         position,
         shuffle_buffer=stage.shuffle_buffer,
         seed=stage.seed,
+        collate=PackedCollate.for_processor(processor),  # the tower's pixel statistics, as eval and serving
     )
     resumed_from = step or None
+    first_row = True
     model.train()
     train_mode(unwrapped, stage.freeze)
     t_prev = time.perf_counter()
@@ -194,6 +214,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if resumed_from is not None:  # the first row after a resume says where it came from
             row.update(resumed_from=resumed_from, skipped_microbatches=skip)
             resumed_from = None
+        if first_row:  # and the first row of every start what trained (the run report's table)
+            row["trainable_params"] = trainable
+            first_row = False
         history.append(row)
         if metrics_path is not None:
             with open(metrics_path, "a") as f:
@@ -203,16 +226,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
         _export(job, rank, row)
         if is_checkpoint:
-            train_state = {"step": step, "data_position": position.to_state()}
-            _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history)
+            train_state = {"step": step, "data_position": position.to_state(), "trainable_params": trainable}
+            if base_digest is not None:
+                train_state["lora_base_digest"] = base_digest
+            _report_checkpoint(
+                row, rank, model, processor, optimizer, scheduler, train_state, history, stage.lora
+            )
         else:
             ray.train.report(row)
         if rank == 0:
-            print(
-                f"[{job.label}] step {step}/{stage.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
-                f"tok/s {row['tokens_per_s']:.0f} wait {row['data_wait_fraction']:.1%}",
-                flush=True,
-            )
+            say(step_line(job.label, step, stage.steps, row))
+
+
+def say(line: str) -> None:
+    """A line for people, written once: Ray Train's patched `print` would also log it (a second copy on the
+    driver's console). The driver's console (mm1.console) shows these lines and files Ray's own."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _export(job: TrainJob, rank: int, row: dict[str, Any]) -> None:
@@ -220,10 +250,35 @@ def _export(job: TrainJob, rank: int, row: dict[str, Any]) -> None:
     metrics.train_progress(job.run, job.stage_name, job.candidate, rank, row)
 
 
-def _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history) -> None:
+def _add_lora(job: TrainJob, model: torch.nn.Module, checkpoint_dir: Path | None) -> dict | None:
+    """With the stage's `lora` on: adapters in, and on resume this run's trainable tensors loaded onto the
+    rebuilt starting weights (which must be the ones the run started from). Returns the frozen weights'
+    digest, saved with every checkpoint; None without LoRA."""
+    from mm1.model.lora import add_lora, check_frozen_digest, frozen_digest
+
+    stage = job.stage
+    if not lora_enabled(stage.lora):
+        return None
+    key = f"{job.stage_name}.lora"
+    add_lora(model, stage.lora, stage.freeze, key=key)
+    digest = frozen_digest(model)
+    if checkpoint_dir is not None:
+        saved = torch.load(checkpoint_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        check_frozen_digest(model, saved["lora_base_digest"], key=key)
+        load_trainable(checkpoint_dir, model)
+    return digest
+
+
+def _trainable_line(counts: dict[str, int]) -> str:
+    parts = ", ".join(f"{name} {n:,}" for name, n in counts.items() if name != "all")
+    share = sum(n for name, n in counts.items() if name != "all") / max(1, counts["all"])
+    return f"{parts} ({share:.2%} of {counts['all']:,})"
+
+
+def _report_checkpoint(row, rank, model, processor, optimizer, scheduler, train_state, history, lora) -> None:
     """Every worker saves (a collective under FSDP) and reports; only rank 0 hands Ray a checkpoint."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(Path(tmp), model, processor, optimizer, scheduler, train_state, history, rank)
+        save_checkpoint(Path(tmp), model, processor, optimizer, scheduler, train_state, history, rank, lora)
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
         ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_{row['step']:06d}")
 

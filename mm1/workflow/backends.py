@@ -57,12 +57,20 @@ class LocalRay(Backend):
         log: Log = print,
         from_step: str | None = None,
         until: str | None = None,
+        verbose: bool = False,
     ) -> None:
         """The steps run in this process (so `follow` changes nothing); then, if deploy.keep_serving and the
         winner is served here, serve until Ctrl-C or SIGTERM."""
+        from mm1.console import Console
         from mm1.workflow.local import run_local
+        from mm1.workflow.rundir import RunDir
 
-        manifests = run_local(wf, from_step=from_step, until=until, log=log)
+        console = Console(RunDir(wf.storage.root, wf.run_name).local_root / "logs" / "ray.log", verbose)
+        try:
+            manifests = run_local(wf, from_step=from_step, until=until, log=console.line, console=console)
+        finally:
+            console.close()
+        log(f"Ray's own logs of this run: {console.log_path} (`--verbose` shows them here)")
         deploy = wf.deploy
         if (
             deploy.enabled

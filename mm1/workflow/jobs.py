@@ -19,11 +19,12 @@ from pathlib import Path
 
 from mm1 import storage
 from mm1.config import Workflow
+from mm1.errors import UserFacingError
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-class JobFailed(RuntimeError):
+class JobFailed(UserFacingError, RuntimeError):
     """A submitted job ended in FAILED or STOPPED (its log was printed while following it)."""
 
 

@@ -6,19 +6,27 @@ Inside a Ray Job on a cluster (`mm1 submit`), RAY_ADDRESS is set and the same co
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
 from mm1.config import Workflow
+from mm1.console import Console
 from mm1.workflow.runner import Log, run_workflow
 from mm1.workflow.steps import workflow_steps
 
 
 def run_local(
-    wf: Workflow, *, from_step: str | None = None, until: str | None = None, log: Log = print
+    wf: Workflow,
+    *,
+    from_step: str | None = None,
+    until: str | None = None,
+    log: Log = print,
+    console: Console | None = None,
 ) -> dict:
-    """Start (or join) Ray, run the steps, log a summary; returns the steps' manifests."""
+    """Start (or join) Ray, run the steps, log a summary; returns the steps' manifests. With a `console`,
+    the workers' output goes through it (progress shown, Ray's chatter to the run folder's log)."""
     from services.ingress import start_ray
 
     # Serve's ingress is fixed when Ray starts, long before the deploy step: it is chosen now. Logical CPUs
@@ -31,7 +39,11 @@ def run_local(
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=wf.cluster.dashboard_port,
+        # Ray's start-up INFO and warnings go to the log file once the console takes over (its line below).
+        **({"logging_level": logging.ERROR} if console is not None and not console.verbose else {}),
     )
+    if console is not None:
+        console.install()
     t0 = time.perf_counter()
     manifests = run_workflow(wf, workflow_steps(), from_step=from_step, until=until, log=log)
     log(f"workflow '{wf.name}' finished in {time.perf_counter() - t0:.1f} s (after Ray start-up)")

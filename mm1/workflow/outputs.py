@@ -76,6 +76,8 @@ class TrainedRun:
     final_loss: float | None = None
     mean_data_wait_fraction: float | None = None
     tokens_per_s: float | None = None
+    # Trainable parameters per part (vision, connector, llm, lora) and `all` parameters (mm1.model.lora).
+    trainable_params: dict[str, int] | None = None
 
     @property
     def last(self) -> Checkpoint:

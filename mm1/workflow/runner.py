@@ -9,18 +9,20 @@ command skips what finished; the training steps resume from their last checkpoin
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mm1 import metrics
+from mm1 import metrics, storage
 from mm1.config import Workflow, dump, to_dict
 from mm1.workflow.fingerprint import step_fingerprint
 from mm1.workflow.rundir import RunDir
 
 Log = Callable[[str], None]
+ERROR_LOG = "error.log"  # a failed step's traceback, in its folder
 T = TypeVar("T")
 
 
@@ -64,8 +66,12 @@ def now() -> str:
 
 
 class StepFailed(RuntimeError):
-    def __init__(self, step: str, cause: BaseException):
-        self.step, self.cause = step, cause
+    def __init__(self, step: str, cause: BaseException, log_uri: str = ""):
+        self.step, self.cause, self.log_uri = (
+            step,
+            cause,
+            log_uri,
+        )  # log_uri: the traceback, in the run folder
         super().__init__(f"step '{step}' failed: {cause}")
 
 
@@ -137,7 +143,10 @@ def run_workflow(
             metrics.step_state(wf.name, step.name, "failed")
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            raise StepFailed(step.name, exc) from exc
+            # The whole story stays in the run folder; the console gets what the user can act on (mm1.cli).
+            error_log = f"{step.name}/{ERROR_LOG}"
+            rundir.write_text(error_log, f"{now()} step '{step.name}' failed\n{traceback.format_exc()}")
+            raise StepFailed(step.name, exc, storage.join(rundir.uri, error_log)) from exc
         duration = time.perf_counter() - t0
         manifest = {
             "step": step.name,

@@ -202,6 +202,7 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
             final_loss=outcome.history[-1]["loss"] if outcome.history else None,
             mean_data_wait_fraction=_mean_tail(outcome.history, "data_wait_fraction"),
             tokens_per_s=_mean_tail(outcome.history, "tokens_per_s"),
+            trainable_params=outcome.trainable_params,
         )
 
     with ThreadPoolExecutor(max_workers=concurrent) as pool:

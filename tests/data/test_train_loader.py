@@ -16,7 +16,7 @@ import torch
 from mm1.data.chat import IGNORE_INDEX
 from mm1.data.loader import build_train_dataset, collate_packed, pack_spec
 from mm1.data.packing import expand
-from mm1.data.preprocess import split_image, to_pixel_values
+from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, split_image, to_pixel_values
 
 SEQ_LEN, MAX_IMAGES, TOKENS = 128, 3, 6
 
@@ -148,7 +148,7 @@ def test_collate_gives_model_tensors(shapes_ingest):
     numpy_batch = next(iter(ds.iter_batches(batch_size=4, batch_format="numpy")))
     tensors = collate_packed(numpy_batch)
     images = np.concatenate([np.asarray(x) for x in numpy_batch["images"]])
-    assert torch.equal(tensors["pixel_values"], to_pixel_values(images))
+    assert torch.equal(tensors["pixel_values"], to_pixel_values(images, CLIP_MEAN, CLIP_STD))
     mask = tensors["attention_mask"]
     assert (mask.sum(1) == torch.from_numpy(numpy_batch["num_tokens"].astype(np.int64))).all()
 

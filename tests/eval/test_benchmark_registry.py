@@ -10,13 +10,15 @@ from mm1.registry import BENCHMARKS
 
 
 def test_every_registered_benchmark_builds_with_its_kind(tmp_path):
-    files = write_coco_and_vqav2(tmp_path, num_images=2)
+    files = write_coco_and_vqav2(tmp_path, num_images=4)
     wf = loads(
         "name: wf\n",
         overrides=[
             f"evaluate.benchmarks=[{', '.join(BENCHMARKS)}]",
             "evaluate.num_scenes=4",
             "evaluate.num_questions=6",
+            "evaluate.kshot=[0, 1]",
+            "evaluate.kshot_pool=2",
             *(f"evaluate.{key}={value}" for key, value in files.items()),
         ],
     )
@@ -24,4 +26,4 @@ def test_every_registered_benchmark_builds_with_its_kind(tmp_path):
     assert [b.name for b in built] == list(BENCHMARKS)
     for bench in built:
         assert bench.kind == BENCHMARKS[bench.name].kind and bench.items
-        assert bool(bench.shots) == (bench.kind == "kshot")
+        assert bool(bench.shots) == BENCHMARKS[bench.name].kshot == bool(bench.pool)

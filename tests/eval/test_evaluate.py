@@ -155,7 +155,7 @@ def test_kshot_demonstrations_come_from_the_pool_and_never_show_the_query(first_
         p for p in _read_jsonl(out / "predictions-tiny-pretrain-3.jsonl") if p["benchmark"] == "shapes-kshot"
     ]
     assert result["outputs"]["kshot"]["shots"] == KSHOT
-    pool = result["outputs"]["kshot"]["demo_pool"]
+    pool = result["outputs"]["kshot"]["demo_pools"]["shapes-kshot"]
     for p in kshot:
         assert len(p["demos"]) == p["shots"] == len(set(p["demos"]))
         assert all(d.startswith("d") and 0 <= int(d[1:]) < pool for d in p["demos"])

@@ -111,3 +111,54 @@ def test_style_for_stage():
     assert style_for_stage("sft") == "chat"
     with pytest.raises(ValueError, match="unknown training stage"):
         style_for_stage("rlhf")
+
+
+VQA_POOL = [
+    Demo(key=f"q{i}", image=f"img-{i // 2}.png", caption=a, question=q, image_key=f"img-{i // 2}.png")
+    for i, (q, a) in enumerate(
+        [
+            ("how many shapes are there?", "2"),
+            ("is there a red circle?", "yes"),
+            ("what color is the square?", "blue"),
+            ("what word is written?", "cat"),
+            ("how many blue squares are there?", "1"),
+            ("what shape is the green object?", "triangle"),
+        ]
+    )
+]
+
+
+def test_vqa_document_prompt_shows_questions_and_answers_then_the_query_question(tokenizer):
+    query = Demo("q0", "img-0.png", "", question="is there a red circle?", image_key="img-0.png")
+    prompt = build_kshot_prompt(
+        tokenizer, query, VQA_POOL, k=3, seed=5, image_tokens=IMAGE_TOKENS, task="vqa"
+    )
+    # Two pool questions are about the query's image (img-0): neither is shown.
+    assert {d.image_id for d in prompt.demos}.isdisjoint({"img-0.png"}) and len(prompt.demos) == 3
+    expected = []
+    for d in prompt.demos:
+        expected += [ImageSlot(), f"question: {d.question} answer: {d.caption}"]
+    expected += [ImageSlot(), "question: is there a red circle? answer:"]
+    assert [p if isinstance(p, str) else "<slot>" for p in prompt.parts] == [
+        p if isinstance(p, str) else "<slot>" for p in expected
+    ]
+    assert prompt.input_ids == encode_document(tokenizer, expected, IMAGE_TOKENS).input_ids[:-1]
+    assert prompt.images == [d.image for d in prompt.demos] + ["img-0.png"]
+    with pytest.raises(ValueError, match="pool holds only 4"):
+        build_kshot_prompt(tokenizer, query, VQA_POOL, k=5, seed=5, image_tokens=IMAGE_TOKENS, task="vqa")
+
+
+def test_vqa_chat_prompt_asks_each_question(tokenizer):
+    query = Demo("x", "img-9.png", "", question="what word is written?")
+    prompt = build_kshot_prompt(
+        tokenizer, query, VQA_POOL, k=2, seed=5, image_tokens=IMAGE_TOKENS, style="chat", task="vqa"
+    )
+    turns = []
+    for d in prompt.demos:
+        turns += [
+            {"role": "user", "content": f"{IMAGE}\n{d.question}"},
+            {"role": "assistant", "content": d.caption},
+        ]
+    assert prompt.turns == turns + [{"role": "user", "content": f"{IMAGE}\nwhat word is written?"}]
+    with pytest.raises(ValueError, match="unknown k-shot task"):
+        build_kshot_prompt(tokenizer, query, VQA_POOL, k=1, seed=0, image_tokens=1, task="ocr")

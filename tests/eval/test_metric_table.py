@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mm1.eval.select import CandidateResult
-from mm1.eval.table import BASELINE_LABEL, Table, metric_table, per_type_table
+from mm1.eval.table import BASELINE_LABEL, Table, kshot_metrics, kshot_table, metric_table, per_type_table
 
 RESULTS = [
     CandidateResult(
@@ -78,3 +78,34 @@ def test_html_is_escaped_and_rows_must_fit_the_header():
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>" not in html
     with pytest.raises(ValueError, match="row 0 has 1 cells for 2 columns"):
         Table(["name", "value"], [["only"]])
+
+
+def test_kshot_table_puts_each_k_side_by_side_once_per_prompted_checkpoint():
+    def row(name: str, stage: str, step: int, scores: dict[int, float], source: dict | None = None) -> dict:
+        metrics = {f"coco-caption-kshot/cider@{k}": v for k, v in scores.items()} | {"vqa/overall": 0.5}
+        base = {"candidate": name, "checkpoint": f"runs/{name}/{stage}/{step}", "stage": stage, "step": step}
+        return base | {"metrics": metrics} | ({"kshot": source} if source else {})
+
+    pretrained = {
+        "checkpoint": "runs/a/pretrain/40",
+        "step": 40,
+        "stage": "pretrain",
+        "prompt_style": "document",
+    }
+    results = [
+        # Two SFT checkpoints of one candidate carry the same pre-trained checkpoint's k-shot scores.
+        row("a", "sft", 20, {0: 0.1, 4: 0.3, 8: 0.4}, pretrained),
+        row("a", "sft", 10, {0: 0.1, 4: 0.3, 8: 0.4}, pretrained),
+        row("b", "pretrain", 40, {0: 0.2, 4: math.nan}),
+    ]
+    table = kshot_table(results, "coco-caption-kshot/cider", [0, 4, 8], highlight_checkpoint="runs/a/sft/20")
+    assert table.header == ["candidate", "stage", "step", "k=0", "k=4", "k=8"]
+    assert table.rows == [
+        ["a", "pretrain", "40", "0.100", "0.300", "0.400"],
+        ["b", "pretrain", "40", "0.200", "-", "-"],
+    ]
+    assert table.emphasis == {0}  # the winner's k-shot scores came from this row
+    assert table.title == "coco-caption-kshot/cider by k"
+    assert kshot_metrics(results) == {"coco-caption-kshot/cider": [0, 4, 8]}
+    text = table.to_text().splitlines()
+    assert text[1].split() == table.header

@@ -290,3 +290,16 @@ def test_a_broken_chart_is_detected_in_chromium(report, tmp_path):
     dom = _chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", target.as_uri())
     assert _rendered(dom)["metric"] == "failed"
     assert '<p class="warn">chart failed to load: shapes-vqa/overall per candidate</p>' in dom
+
+
+def test_kshot_scores_get_a_table_with_a_column_per_k(tmp_path):
+    summary = make_summary(tmp_path)
+    for i, row in enumerate(summary["eval"]):
+        row["metrics"] |= {f"vqav2-kshot/overall@{k}": 0.1 * i + k / 100 for k in (0, 4, 8)}
+        row["metrics"] |= {f"vqav2-kshot/yes_no@{k}": 0.5 for k in (0, 4, 8)}  # per type: no table of its own
+    page = write_report(tmp_path / "out", summary).read_text()
+    assert "<caption>vqav2-kshot/overall by k (k-shot)</caption>" in page
+    assert '<th class="num">k=0</th><th class="num">k=4</th><th class="num">k=8</th>' in page
+    assert "vqav2-kshot/yes_no by k" not in page
+    first = summary["eval"][0]["metrics"]
+    assert f'<td class="num">{first["vqav2-kshot/overall@4"]:.3f}</td>' in page

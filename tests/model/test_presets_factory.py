@@ -15,7 +15,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mm1.data.chat import BOS, EOS, IMAGE, PAD
+from mm1.data.chat import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS
 from mm1.model import PRESETS, build_mm1, format_model_info, mm1_config, model_info
 from mm1.model.moe import SparseMoE
 
@@ -132,7 +132,10 @@ def test_build_from_pretrained_vision_and_llm_paths(tokenizer, tmp_path):
         )
     )
     vision.save_pretrained(tmp_path / "vision")
-    llm = _tiny_llama(vocab=300)  # smaller than the tokenizer: the embeddings grow to fit our special tokens
+    # An LLM without tokenizer files whose vocabulary is the tokenizer's but for the tokens MM1 adds: its
+    # embeddings grow, once, for them (a larger tokenizer would be refused: mm1.model.presets).
+    rows = len(tokenizer) - len(SPECIAL_TOKENS)
+    llm = _tiny_llama(vocab=rows)
     llm.save_pretrained(tmp_path / "llm")
 
     model = build_mm1(
@@ -149,7 +152,9 @@ def test_build_from_pretrained_vision_and_llm_paths(tokenizer, tmp_path):
         assert torch.equal(vision.state_dict()[name], param), name
     ours = model.language_model.state_dict()
     assert ours["model.embed_tokens.weight"].shape[0] == len(tokenizer)
-    assert torch.equal(ours["model.embed_tokens.weight"][:300], llm.state_dict()["model.embed_tokens.weight"])
+    assert torch.equal(
+        ours["model.embed_tokens.weight"][:rows], llm.state_dict()["model.embed_tokens.weight"]
+    )
     assert torch.equal(
         ours["model.layers.0.self_attn.q_proj.weight"],
         llm.state_dict()["model.layers.0.self_attn.q_proj.weight"],

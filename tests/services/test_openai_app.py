@@ -363,6 +363,130 @@ def test_system_message_is_accepted(client):
     assert response.usage.prompt_tokens > plain.usage.prompt_tokens
 
 
+# ------------------------------------------------------------------------------- OpenAI request fields
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "color": {"enum": ["red", "green", "blue"]},
+    },
+    "required": ["count", "color"],
+    "additionalProperties": False,
+}
+
+
+def test_logprobs_and_top_logprobs_streamed_and_not(client):
+    options = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "extra_body": {"ignore_eos": True},
+    }
+    response = client.chat.completions.create(**options)
+    content = response.choices[0].logprobs.content
+    assert len(content) == response.usage.completion_tokens == 8
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+        assert entry.logprob <= entry.top_logprobs[0].logprob + 1e-6
+    raw = b"".join(bytes(entry.bytes) for entry in content)
+    assert raw.decode(errors="replace") == response.choices[0].message.content
+    chunks = list(client.chat.completions.create(**options, stream=True))
+    streamed = [
+        e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+    ]
+    assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in content]
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-5)
+    plain = client.chat.completions.create(**{k: v for k, v in options.items() if "logprobs" not in k})
+    assert plain.choices[0].logprobs is None
+    assert plain.choices[0].message.content == response.choices[0].message.content
+    bare = client.chat.completions.create(**{**options, "top_logprobs": 0})
+    assert all(e.top_logprobs == [] for e in bare.choices[0].logprobs.content)
+
+
+def test_n_choices_with_a_seed_streamed_and_not(client):
+    options = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "seed": 77,
+        "extra_body": {"ignore_eos": True},
+    }
+    response = client.chat.completions.create(**options, n=3)
+    assert [c.index for c in response.choices] == [0, 1, 2]
+    texts = [c.message.content for c in response.choices]
+    assert len(set(texts)) == 3  # each choice draws for itself
+    assert response.usage.completion_tokens == 3 * 12  # summed over the choices
+    assert client.chat.completions.create(**options, n=3).choices[1].message.content == texts[1]
+    assert client.chat.completions.create(**options).choices[0].message.content == texts[0]
+    chunks = list(
+        client.chat.completions.create(**options, n=3, stream=True, stream_options={"include_usage": True})
+    )
+    streamed, finishes = ["", "", ""], {}
+    for c in chunks:
+        for choice in c.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert streamed == texts and finishes == {0: "length", 1: "length", 2: "length"}
+    assert chunks[-1].usage.completion_tokens == 36
+
+
+def test_json_schema_answers_parse_and_match_streamed_and_not(client):
+    import jsonschema
+
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "shapes", "schema": SCHEMA, "strict": True},
+    }
+    options = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 60,
+        "response_format": response_format,
+    }
+    response = client.chat.completions.create(**options, n=3, temperature=1.0, seed=5)
+    for choice in response.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), SCHEMA)
+    chunks = list(client.chat.completions.create(**options, temperature=0, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), SCHEMA)
+    parsed = client.chat.completions.create(**options, temperature=0).choices[0].message.content
+    assert parsed == text
+    cut = client.chat.completions.create(**{**options, "max_tokens": 3}, temperature=0).choices[0]
+    assert cut.finish_reason == "length" and parsed.startswith(cut.message.content)  # JSON cut, as OpenAI
+
+
+def test_json_object(client):
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "answer in JSON"}],
+        max_tokens=60,
+        temperature=1.0,
+        seed=1,
+        n=2,
+        response_format={"type": "json_object"},
+    )
+    for choice in response.choices:
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(choice.message.content), dict)
+        else:
+            assert choice.finish_reason == "length" and choice.message.content.startswith("{")
+    text = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=3,
+        response_format={"type": "text"},
+    )
+    assert text.usage.completion_tokens >= 1
+
+
 # ----------------------------------------------------------------------------------------------- errors
 
 
@@ -517,6 +641,87 @@ def test_malformed_requests_are_openai_errors_not_422(server, client):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5
     )
     assert expect_error(server, call, openai.BadRequestError, 400, "invalid_request").param == "temperature"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
+        ("tool_choice", "auto"),
+        ("parallel_tool_calls", False),
+        ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+        ("function_call", "auto"),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("prediction", {"type": "content", "content": "x"}),
+        ("logit_bias", {"7": 5}),
+        ("frequency_penalty", 0.5),
+        ("presence_penalty", -1),
+        ("reasoning_effort", "low"),
+        ("store", True),
+    ],
+)
+def test_openai_fields_we_do_not_implement_are_refused_by_name(server, client, field, value):
+    call = lambda: client.chat.completions.create(  # noqa: E731
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, extra_body={field: value}
+    )
+    error = expect_error(server, call, openai.BadRequestError, 400, "unsupported_parameter")
+    assert error.param == field and field in error.message
+
+
+def test_unused_values_of_those_fields_and_bookkeeping_fields_are_accepted(client):
+    response = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        frequency_penalty=0,
+        presence_penalty=0.0,
+        logit_bias={},
+        modalities=["text"],
+        store=False,
+        user="someone",
+        metadata={"k": "v"},
+        extra_body={"tools": [], "some_other_servers_field": 1},
+    )
+    assert response.usage.completion_tokens >= 1
+
+
+def test_tool_calls_in_the_history_and_bad_combinations_are_refused(server, client):
+    history = [
+        {"role": "user", "content": "hi"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
+        {"role": "user", "content": "and?"},
+    ]
+    call = lambda: client.chat.completions.create(model=MODEL, messages=history, max_tokens=2)  # noqa: E731
+    error = expect_error(server, call, openai.BadRequestError, 400, "unsupported_parameter")
+    assert error.param == "messages[1].tool_calls"
+    messages = [{"role": "user", "content": "hi"}]
+    call = lambda: client.chat.completions.create(model=MODEL, messages=messages, top_logprobs=2)  # noqa: E731
+    assert expect_error(server, call, openai.BadRequestError, 400, "invalid_request").param == "top_logprobs"
+    for body, param in (({"top_logprobs": 21, "logprobs": True}, "top_logprobs"), ({"n": 17}, "n")):
+        call = lambda body=body: client.chat.completions.create(  # noqa: E731
+            model=MODEL, messages=messages, extra_body=body
+        )
+        assert expect_error(server, call, openai.BadRequestError, 400, "invalid_request").param == param
+    call = lambda: client.chat.completions.create(  # noqa: E731
+        model=MODEL,
+        messages=messages,
+        response_format={"type": "json_object"},
+        extra_body={"ignore_eos": True},
+    )
+    assert expect_error(server, call, openai.BadRequestError, 400, "unsupported_value").param == "ignore_eos"
+    bad_schema = {"type": "object", "properties": {"a": {"type": "no-such-type"}}}
+    call = lambda: client.chat.completions.create(  # noqa: E731
+        model=MODEL,
+        messages=messages,
+        response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": bad_schema}},
+    )
+    error = expect_error(server, call, openai.BadRequestError, 400, "invalid_json_schema")
+    assert error.param == "response_format.json_schema.schema"
 
 
 def test_server_still_answers_after_all_errors(server, client):

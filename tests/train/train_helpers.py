@@ -178,3 +178,77 @@ def parallel_worker(
             torch.save({"original": after[0], "restored": after[1]}, out / "resumed.pt")
     finally:
         dist.destroy_process_group()
+
+
+def tiny_lora(**kwargs):
+    """LoRA on the LLM's attention projections (the tests' usual adapters)."""
+    from mm1.config_sections import LoraConfig
+
+    return LoraConfig(**{"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj", "o_proj"], **kwargs})
+
+
+def lora_parallel_worker(
+    rank: int, world: int, port: int, strategy: str, tokenizer_dir: str, out_dir: str
+) -> None:
+    """One of `world` gloo processes: LoRA on the LLM, the connector in full, the vision tower frozen; two AdamW
+    steps, a checkpoint, then a fresh base with the checkpoint's trainable tensors and optimizer, and one more
+    step on both, whose trainable weights must agree (saved by rank 0 with the merged checkpoint)."""
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from transformers import AutoTokenizer
+
+    from mm1.model import MM1Processor
+    from mm1.model.lora import add_lora, trainable_names
+    from mm1.train.checkpoint import load_optimizer, load_trainable, save_checkpoint
+    from mm1.train.parallel import unwrap, wrap_model
+    from mm1.train.schedule import build_optimizer, build_scheduler
+    from mm1.train.step import train_step
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        out, cpu = Path(out_dir), torch.device("cpu")
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        lora = tiny_lora()
+
+        def adapted(seed: int):
+            model = make_model(tokenizer)
+            torch.manual_seed(seed)
+            add_lora(model, lora, frozen=["vision"])
+            return model
+
+        model = adapted(0)
+        processor = MM1Processor.from_config(model.config, tokenizer)
+        vocab, image_id = model.config.text_config.vocab_size, model.config.image_token_id
+
+        def batches(seed: int) -> list[dict]:
+            return [make_batch(seed + 2 * rank + i, 2, 24, image_id, vocab) for i in range(2)]
+
+        model = wrap_model(model, strategy, "fp32", cpu)
+        adam = build_optimizer(model, 1e-2, 1e-4)
+        schedule = build_scheduler(adam, 1, 4, 0.1)
+        for seed in (0, 10):
+            train_step(model, adam, schedule, batches(seed), device=cpu, grad_clip=1.0)
+        save_checkpoint(out / "ckpt", model, processor, adam, schedule, {"step": 2}, [], rank, lora)
+        dist.barrier()  # rank 0 has written the checkpoint
+
+        restored = adapted(seed=123)  # other adapter initial values: the checkpoint must overwrite them
+        load_trainable(out / "ckpt", restored)
+        restored = wrap_model(restored, strategy, "fp32", cpu)
+        adam2 = build_optimizer(restored, 1e-2, 1e-4)
+        schedule2 = build_scheduler(adam2, 1, 4, 0.1)
+        load_optimizer(out / "ckpt", restored, adam2, rank)
+        schedule2.load_state_dict(schedule.state_dict())
+        for m, opt, sched in ((model, adam, schedule), (restored, adam2, schedule2)):
+            train_step(m, opt, sched, batches(20), device=cpu, grad_clip=1.0)
+        names = trainable_names(unwrap(model))
+        after = [get_model_state_dict(m, options=full) for m in (model, restored)]
+        if rank == 0:
+            picked = [{n: s[n] for n in names} for s in after]
+            torch.save({"original": picked[0], "restored": picked[1]}, out / "resumed.pt")
+    finally:
+        dist.destroy_process_group()
