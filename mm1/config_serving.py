@@ -91,3 +91,6 @@ class DeployConfig(ServingOptions):
     api_key_secret: str = ""
     # Keep serving after the workflow ends until Ctrl-C (tests and CI set false).
     keep_serving: bool = True
+    # Before the endpoint is reported healthy, fixed image prompts answered by it must equal the training-side
+    # forward of the same checkpoint (greedy tokens, logprobs within a dtype's tolerance): services.parity.
+    parity_check: bool = True

@@ -1,8 +1,17 @@
 """Put a checkpoint behind the endpoint: the workflow's deploy step (`deploy_winner`) and `mm1 serve`.
 
 Both start the Serve application of services.openai_app on this Ray (local, or the cluster a Ray Job runs
-on) and wait until /health answers over HTTP. The deploy step then asks one question about a freshly drawn
-Shapes scene through the public endpoint, as a smoke test a person can read in the run's summary.
+on) and wait until /health answers over HTTP. The deploy step then runs the train-serve parity gate
+(services.parity, `deploy.parity_check`) before it reports the endpoint healthy, and asks one question about a
+freshly drawn Shapes scene through the public endpoint, as a smoke test a person can read in the run's summary.
+
+Where an application of the same name already serves (a redeploy), `serve.run` would update it in place: Serve
+replaces its replicas by the new version's as soon as they are healthy, so a checkpoint that fails the gate
+would already be serving. The new checkpoint is therefore first served as a candidate application on a route of
+its own and gated there; only when it passes is the application of the public route updated to it (Serve's
+rolling update: the previous replicas serve until the new ones are up). A failing candidate is deleted and the
+previous endpoint keeps serving, untouched. A first deploy (nothing serving under the name) is gated in place
+and deleted when it fails, so the gate costs no second model load there.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from mm1.config import Workflow
 from mm1.errors import UserFacingError
 from services.client import chat
 from services.ingress import running_ingress, start_ray
+from services.parity import ParityError, check_parity
 from services.settings import ServeSettings
 
 Log = Callable[[str], None]
@@ -147,8 +157,37 @@ def ask_fresh_shapes_question(
     return {"question": question.question, "answer": answer, "truth": question.answer, "seed": seed}
 
 
+def app_running(name: str) -> bool:
+    """Whether Serve on this Ray has an application `name` (being deployed, running or unhealthy)."""
+    from ray import serve
+
+    try:
+        return name in serve.status().applications
+    except Exception:  # Serve not started yet
+        return False
+
+
+def candidate_app(name: str) -> tuple[str, str]:
+    """The name and route prefix a new checkpoint is gated under while `name` keeps serving."""
+    return f"{name}-candidate", f"/{name}-candidate"
+
+
+def _gate(url: str, model: str, settings: ServeSettings, api_key: str | None, app: str, log: Log) -> dict:
+    """The parity gate against the application `app` at `url`; on failure `app` is deleted first."""
+    from ray import serve
+
+    try:
+        return check_parity(f"{url}/v1", model, settings.checkpoint, settings, api_key=api_key, log=log)
+    except BaseException as exc:
+        serve.delete(app)
+        if isinstance(exc, ParityError):
+            log(f"[deploy] parity gate failed; application {app!r} deleted: {exc}")
+        raise
+
+
 def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -> dict:
-    """Serve winner["checkpoint"] as wf.deploy says; return (and write to endpoint.json) its URL and a sample."""
+    """Serve winner["checkpoint"] as wf.deploy says, gated by the train-serve parity check; return (and write
+    to endpoint.json) its URL, a sample answer and the gate's figures (None when deploy.parity_check is off)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     deploy = wf.deploy
@@ -157,14 +196,30 @@ def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -
         log("[deploy] disabled (deploy.enabled=false): nothing served")
         return {"url": "", "model": model, "sample": None}
     settings = ServeSettings.from_deploy(deploy, str(winner["checkpoint"]), model)
-    log(f"[deploy] serving {winner['checkpoint']} as {model!r} on {deploy.host}:{deploy.port}")
-    url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix, deploy.ingress)
-    log(f"[deploy] healthy: {url}/v1 (ingress: {running_ingress()})")
     api_key = os.environ.get(deploy.api_key_env) if deploy.api_key_env else None
+    log(f"[deploy] serving {winner['checkpoint']} as {model!r} on {deploy.host}:{deploy.port}")
+    parity = None
+    if deploy.parity_check and app_running(wf.name):
+        candidate, prefix = candidate_app(wf.name)
+        log(f"[deploy] {wf.name!r} is serving: gating the new checkpoint as {candidate!r} at {prefix} first")
+        url = start_app(settings, candidate, deploy.host, deploy.port, prefix, deploy.ingress)
+        parity = _gate(url, model, settings, api_key, candidate, log)
+        url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix, deploy.ingress)
+        from ray import serve
+
+        serve.delete(candidate)
+    else:
+        url = start_app(settings, wf.name, deploy.host, deploy.port, deploy.route_prefix, deploy.ingress)
+        if deploy.parity_check:
+            parity = _gate(url, model, settings, api_key, wf.name, log)
+        else:
+            log("[deploy] parity gate off (deploy.parity_check=false)")
+    log(f"[deploy] healthy: {url}/v1 (ingress: {running_ingress()})")
     endpoint: dict[str, Any] = {
         "url": f"{url}/v1",
         "model": model,
         "sample": ask_fresh_shapes_question(url, model, out_dir, api_key, log),
+        "parity": parity,
     }
     (out_dir / "endpoint.json").write_text(json.dumps(endpoint, indent=2) + "\n")
     return endpoint

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mm1 import storage
+from mm1.storage import read_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +83,7 @@ def load_image(source: bytes | str | Path | Image.Image | np.ndarray) -> Image.I
             if isinstance(source, (bytes, bytearray, memoryview)):
                 image = Image.open(io.BytesIO(bytes(source)))
             else:
-                image = Image.open(io.BytesIO(storage.read_bytes(str(source))))
+                image = Image.open(io.BytesIO(read_bytes(str(source))))
             image.load()  # force a full decode so truncated files fail here, not later
         except FileNotFoundError as exc:
             raise ImageDecodeError(f"image file not found: {source}") from exc

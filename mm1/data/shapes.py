@@ -9,6 +9,8 @@ the spec, chosen once here so that every consumer (ingest, evaluation, serving d
 - "Leftmost object" ties (equal x0) are broken by y0, then colour and shape, so captions are deterministic.
 - `exists` questions use the same a/an rule as captions ("is there an orange circle?").
 - `count_kind` asks about a present kind or an absent one with equal probability (absent kinds are asked too).
+- Evaluation splits (opt-in, `kind_questions`; never used for training): `count_kind` and `exists` about a kind
+  drawn from the kinds present in the scene, or uniformly from all 18 colour-shape pairs (mostly absent).
 """
 
 from __future__ import annotations
@@ -232,16 +234,55 @@ def _kinds() -> list[tuple[str, str]]:
     return [(c, s) for c in COLOURS for s in SHAPES]
 
 
+def count_kind_question(scene: Scene, kind: tuple[str, str]) -> Question:
+    colour, shape = kind
+    return Question(
+        "count_kind",
+        f"how many {colour} {shape}s are there?",
+        str(sum(o.kind == kind for o in scene.objects)),
+    )
+
+
+def exists_question(scene: Scene, kind: tuple[str, str]) -> Question:
+    colour, shape = kind
+    answer = "yes" if any(o.kind == kind for o in scene.objects) else "no"
+    return Question("exists", f"is there {article(colour)} {colour} {shape}?", answer)
+
+
+KIND_DRAWS = ("present", "uniform")  # how `kind_questions` draws the kind it asks about
+
+
+def draw_kind(scene: Scene, rng: np.random.Generator, draw: str) -> tuple[str, str]:
+    """A (colour, shape) kind: `present`, uniform over the distinct kinds in the scene; `uniform`, uniform over
+    all len(COLOURS) x len(SHAPES) pairs, absent ones included (so usually absent)."""
+    if draw == "present":
+        pool = sorted({o.kind for o in scene.objects})
+    elif draw == "uniform":
+        pool = _kinds()
+    else:
+        raise ValueError(f"unknown kind draw {draw!r}; expected one of {KIND_DRAWS}")
+    return pool[int(rng.integers(len(pool)))]
+
+
+def kind_questions(scene: Scene, rng: np.random.Generator, draw: str) -> list[Question]:
+    """One `count_kind` and one `exists` question, each about its own kind drawn by `draw_kind(draw)`.
+
+    Opt-in, for evaluation splits (mm1.eval.heldout) that a model cannot pass without counting or finding
+    the kind asked about; `questions` and `every_question` (the training corpus) never call it."""
+    return [
+        count_kind_question(scene, draw_kind(scene, rng, draw)),
+        exists_question(scene, draw_kind(scene, rng, draw)),
+    ]
+
+
 def questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
     """One question per type that applies to `scene`, in the table's order (see SHAPES.md)."""
     present = sorted({o.kind for o in scene.objects})
     absent = [k for k in _kinds() if k not in present]
-    count = {k: sum(o.kind == k for o in scene.objects) for k in _kinds()}
     out = [Question("count_all", "how many shapes are there?", str(len(scene.objects)))]
 
     pool = present if rng.random() < 0.5 else absent
-    colour, shape = pool[int(rng.integers(len(pool)))]
-    out.append(Question("count_kind", f"how many {colour} {shape}s are there?", str(count[(colour, shape)])))
+    out.append(count_kind_question(scene, pool[int(rng.integers(len(pool)))]))
 
     unique_shapes = sorted(s for s in SHAPES if sum(o.shape == s for o in scene.objects) == 1)
     if unique_shapes:
@@ -256,8 +297,11 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
         out.append(Question("shape_of", f"what shape is the {colour} object?", answer))
 
     yes = rng.random() < 0.5  # balanced: a present kind half the time, an absent one otherwise
-    colour, shape = (present if yes else absent)[int(rng.integers(len(present if yes else absent)))]
-    out.append(Question("exists", f"is there {article(colour)} {colour} {shape}?", "yes" if yes else "no"))
+    out.append(
+        exists_question(
+            scene, (present if yes else absent)[int(rng.integers(len(present if yes else absent)))]
+        )
+    )
 
     if scene.word is not None:
         out.append(Question("word", "what word is written?", scene.word.text))

@@ -9,7 +9,13 @@ records which set it was, and the report prints it.
 Counting: a question with several human answers (VQAv2) contributes its most frequent normalized answer,
 as VQAv2's `multiple_choice_answer` does; ties, within a question and within a type, go to the
 lexicographically smallest answer so the baseline is deterministic. A type absent from the training set falls
-back to the most frequent answer over all types.
+back to the most frequent answer over all types; a split type `BASE.SPLIT` (mm1.eval.items) absent from it falls
+back to BASE's answer first.
+
+Splits: Shapes' `count_kind.present` / `count_kind.uniform` and `exists.present` / `exists.uniform` are fitted
+like their base types, on answers of the training split drawn by the same split definition
+(mm1.eval.heldout.shapes_majority_baseline), so each split is scored beside its own majority answer. Like every
+split, they are left out of the baseline's `overall`, exactly as they are left out of a model's.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from mm1.eval.vqa import VQAResult, normalize_answer, score_vqa
+from mm1.eval.items import SPLIT_SEP, score_questions
+from mm1.eval.vqa import VQAResult, normalize_answer
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,9 @@ class MajorityBaseline:
     source: str  # which answer set it was fitted on, e.g. "shapes sft train conversations (seed 0)"
 
     def predict(self, question_type: str) -> str:
-        return self.answers.get(question_type, self.fallback)
+        if question_type in self.answers:
+            return self.answers[question_type]
+        return self.answers.get(question_type.split(SPLIT_SEP, 1)[0], self.fallback)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +75,7 @@ def baseline_scores(
     references: Mapping[Hashable, Sequence[str] | str],
     question_types: Mapping[Hashable, str],
 ) -> VQAResult:
-    """Score the baseline on the evaluated questions exactly as a model's answers are scored."""
+    """Score the baseline on the evaluated questions exactly as a model's answers are scored (split types
+    apart from `overall`, mm1.eval.items.score_questions)."""
     predictions = {q: baseline.predict(question_types[q]) for q in references if q in question_types}
-    return score_vqa(predictions, references, question_types)
+    return score_questions(predictions, references, question_types)

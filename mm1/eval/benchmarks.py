@@ -2,7 +2,7 @@
 
 | benchmark          | items                                  | prompt                        | metrics            |
 |--------------------|----------------------------------------|-------------------------------|--------------------|
-| shapes-vqa         | held-out Shapes questions              | chat: `<image>\\n{question}`  | /overall, /TYPE    |
+| shapes-vqa         | held-out Shapes questions + splits     | chat: `<image>\\n{question}`  | /overall, /TYPE    |
 | shapes-caption     | one held-out Shapes scene per item     | chat: `<image>\\ndescribe ...`| /cider             |
 | shapes-kshot       | the same scenes                        | document, k demonstrations    | /cider@K           |
 | shapes-vqa-kshot   | the same questions                     | document, k demonstrations    | /overall@K, /TYPE@K|
@@ -11,6 +11,11 @@
 | vqav2              | VQAv2 questions + annotations + images | chat: `<image>\\n{question}`  | /overall, /TYPE    |
 | vqav2-kshot        | the same, less the demonstration pool  | document, k demonstrations    | /overall@K, /TYPE@K|
 (metrics are BENCHMARK/METRIC: `shapes-vqa/overall`, `coco-caption-kshot/cider@4`, `vqav2-kshot/yes_no@8`)
+
+Shapes VQA also asks `count_kind` and `exists` split questions, one per held-out scene and split
+(mm1.eval.heldout): `shapes-vqa/count_kind.present`, `shapes-vqa/count_kind.uniform`, `shapes-vqa/exists.present`,
+`shapes-vqa/exists.uniform` (and `...@K` k-shot). They are scored apart: `overall`, `count_kind` and `exists`
+are over the main `evaluate.num_questions` questions only (mm1.eval.items.score_questions).
 
 k-shot benchmarks (mm1.registry `kshot=True`) are asked once per k in `evaluate.kshot` with k demonstrations
 (mm1.eval.kshot: `<image>caption ...<image>` for captions, `<image>question: Q answer: A ... <image>question:
@@ -44,9 +49,8 @@ from mm1.config import EvaluateConfig
 from mm1.eval.cider import cider_d
 from mm1.eval.coco import read_coco_captions, read_vqav2
 from mm1.eval.heldout import shapes_demo_pool, shapes_demo_questions, shapes_heldout
-from mm1.eval.items import EvalItem
+from mm1.eval.items import EvalItem, is_split, score_questions
 from mm1.eval.kshot import CAPTION_INSTRUCTION, Demo
-from mm1.eval.vqa import score_vqa
 from mm1.registry import BENCHMARKS, missing_benchmark_files
 
 TaskKind = Literal["vqa", "caption"]
@@ -110,8 +114,15 @@ def build_benchmarks(
     `shapes`: the held-out Shapes (questions, captions) if the caller already has them.
     """
     answer_tokens = min(ev.max_new_tokens, ANSWER_MAX_NEW_TOKENS)
-    shapes_source = f"held-out Shapes scenes (seed {ev.seed}, {ev.num_scenes} scenes)"
     questions, captions = shapes or shapes_heldout(ev.num_scenes, ev.num_questions, ev.seed)
+    shapes_source = f"held-out Shapes scenes (seed {ev.seed}, {ev.num_scenes} scenes)"
+    split_counts = Counter(q.type for q in questions if is_split(q.type))
+    vqa_source = shapes_source + (
+        f"; {len(questions) - split_counts.total()} questions + split questions "
+        + ", ".join(f"{t} {n}" for t, n in sorted(split_counts.items()))
+        if split_counts
+        else ""
+    )
     read: dict[str, list[EvalItem]] = {}  # a file read once, whether zero-shot, k-shot or both ask it
 
     def items_of(data: str) -> tuple[list[EvalItem], str]:
@@ -146,7 +157,7 @@ def build_benchmarks(
         pool: list[Demo] = []
         pool_source = ""
         if spec.data == "shapes":
-            items, source = (questions if spec.kind == "vqa" else captions), shapes_source
+            items, source = (questions, vqa_source) if spec.kind == "vqa" else (captions, shapes_source)
             if spec.kshot:
                 scenes = max(ev.kshot_pool, MIN_SHAPES_POOL_PER_SHOT * max(shots))
                 pool = (shapes_demo_questions if spec.kind == "vqa" else shapes_demo_pool)(ev.seed, scenes)
@@ -189,7 +200,7 @@ def score(benchmark: Benchmark, predictions: dict[str, str]) -> dict[str, float]
         if benchmark.kind == "vqa":
             single = {k: refs[0] if len(refs) == 1 else refs for k, refs in references.items()}
             types = {item.key: item.type for item in benchmark.items}
-            metrics = score_vqa(answers(shots), single, types).as_metrics(benchmark.name)
+            metrics = score_questions(answers(shots), single, types).as_metrics(benchmark.name)
             metrics.pop(f"{benchmark.name}/all", None)  # no answer types: overall says it all
             return metrics
         return {f"{benchmark.name}/cider": cider_d(references, answers(shots)).score}
@@ -197,6 +208,18 @@ def score(benchmark: Benchmark, predictions: dict[str, str]) -> dict[str, float]
     if not benchmark.kshot:
         return scored(None)
     return {f"{m}@{k}": v for k in benchmark.shots for m, v in scored(k).items()}
+
+
+def question_counts(benchmark: Benchmark) -> dict[str, int]:
+    """A VQA benchmark's number of questions per metric (BENCHMARK/TYPE, BENCHMARK/overall: the questions whose
+    type is not a split); empty for a caption benchmark."""
+    if benchmark.kind != "vqa":
+        return {}
+    types = Counter(item.type for item in benchmark.items)
+    main = sum(n for t, n in types.items() if not is_split(t))
+    return {f"{benchmark.name}/{t}": n for t, n in sorted(types.items())} | {
+        f"{benchmark.name}/overall": main
+    }
 
 
 def headline_base(benchmark: Benchmark) -> str:

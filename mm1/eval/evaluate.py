@@ -21,7 +21,8 @@ Outputs (results.json and the step manifest):
                  prompt_style}], [prompt_style]}]   # prompt_style: only on pre-trained rows with k-shot
     baseline:  {source, answers, metrics}          # Shapes majority answers, keyed like shapes-vqa metrics
     num_questions, num_captions, pretrained: {candidate: last pre-trained checkpoint URI},
-    benchmarks: {name: {kind, items, max_new_tokens, source, [shots, demo_pool, pool_source]}},
+    benchmarks: {name: {kind, items, max_new_tokens, source, [questions: {METRIC: count}] (VQA),
+                [shots, demo_pool, pool_source]}},
     kshot: {shots, prompt_style, seed, scored, demo_pools: {name: size}} | null, seconds
 """
 
@@ -44,6 +45,7 @@ from mm1.eval.benchmarks import (
     build_benchmarks,
     headline_base,
     headline_metrics,
+    question_counts,
     score,
 )
 from mm1.eval.heldout import shapes_heldout, shapes_majority_baseline
@@ -317,6 +319,8 @@ def _describe(b: Benchmark) -> dict[str, Any]:
         "max_new_tokens": b.max_new_tokens,
         "source": b.source,
     }
+    if b.kind == "vqa":  # per metric, e.g. shapes-vqa/count_kind.uniform (a split, mm1.eval.heldout)
+        described["questions"] = question_counts(b)
     if b.kshot:
         described |= {"shots": list(b.shots), "demo_pool": len(b.pool), "pool_source": b.pool_source}
     return described
@@ -354,4 +358,7 @@ def print_tables(
             title = (
                 f"{bench.name} per type: {best.candidate} ({best.stage} step {best.step}), best by {metric}"
             )
-            log(per_type_table(best.metrics, baselines, bench.name, title=title).to_text())
+            table = per_type_table(
+                best.metrics, baselines, bench.name, title=title, counts=question_counts(bench)
+            )
+            log(table.to_text())

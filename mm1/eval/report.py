@@ -3,7 +3,8 @@
 Sections: the winner and why; loss and learning-rate curves per candidate for each stage; the selected
 metric per candidate against its majority baseline; the metric table (candidates x checkpoints x metrics,
 baselines on their own row); one k-shot table per k-shot benchmark (its headline metric, a column per k);
-the winner's per-type scores beside the baselines; the ablation table (which
+the winner's per-type scores beside the baselines (split types such as `count_kind.uniform` on their own rows,
+each beside its own baseline, mm1.eval.heldout); the ablation table (which
 sweep key moved the selected metric most); trainable parameters per part and stage (LoRA adapters apart);
 step wall times; and warnings about anything missing.
 
@@ -32,6 +33,7 @@ from typing import Any
 
 from mm1 import storage
 from mm1.eval.charts import plot_curves, plot_metric, stage_rank
+from mm1.eval.items import is_split
 from mm1.eval.run_summary import RunSummary
 from mm1.eval.select import CandidateResult, Winner, select_winner
 from mm1.eval.table import Table, fmt, kshot_metrics, kshot_table, metric_table, per_type_table
@@ -40,6 +42,11 @@ REPORT_FILE = "report.html"
 CURVES_PNG = "curves.png"
 METRIC_PNG = "metric.png"
 BASE_VALUE = "(not overridden)"
+SPLITS_NOTE = (
+    "TYPE.present / TYPE.uniform: separate questions about a kind present in the scene, or a kind drawn "
+    "uniformly from all colour-shape pairs (mostly absent: answer 0 / no), one of each per held-out scene; "
+    "each has its own majority baseline. overall and the base types do not include them."
+)
 
 
 class MetricsFileError(ValueError):
@@ -317,6 +324,8 @@ def write_report(out_dir: str | Path, summary: RunSummary | Mapping[str, Any]) -
         for bench in benchmarks:
             table = per_type_table(winner["metrics"], baselines, bench, title=f"winner on {bench}, per type")
             parts.append(table.to_html())
+            if any(is_split(row[0]) for row in table.rows):
+                parts.append(f'<p class="muted">{html.escape(SPLITS_NOTE)}</p>')
 
     keys = run.ablation_keys
     if metric and results and keys:

@@ -2,7 +2,10 @@
 
 `metric_table` puts the majority baselines on their own row right under the header, aligned with the metric
 columns they belong to; `kshot_table` shows one k-shot metric (METRIC@K) with a column per k side by side;
-`per_type_table` puts one checkpoint's per-type scores beside their baselines with the gain over them. Values print with a fixed number of decimals; a missing or NaN value prints as "-".
+`per_type_table` puts one checkpoint's per-type scores beside their baselines with the gain over them (split
+types such as `count_kind.uniform`, mm1.eval.items, sort right under their base type, each beside its own
+baseline), and the number of questions per row when given. Values print with a fixed number of decimals; a
+missing or NaN value prints as "-".
 """
 
 from __future__ import annotations
@@ -118,8 +121,10 @@ def per_type_table(
     benchmark: str,
     digits: int = 3,
     title: str = "",
+    counts: Mapping[str, int] | None = None,
 ) -> Table:
-    """One checkpoint's BENCHMARK/TYPE scores beside the majority baseline and the gain over it."""
+    """One checkpoint's BENCHMARK/TYPE scores beside the majority baseline and the gain over it; `counts`
+    (keyed like the metrics, e.g. mm1.eval.benchmarks.question_counts) adds a column of question counts."""
     prefix = f"{benchmark}/"
     names = sorted(m for m in metrics if m.startswith(prefix))
     if not names:
@@ -131,10 +136,12 @@ def per_type_table(
         score, base = metrics[m], baselines.get(m)
         known = score is not None and not math.isnan(score)  # winner.json stores NaN as null
         gain = score - base if known and base is not None else None
-        rows.append(
-            [m.removeprefix(prefix), fmt(score, digits), fmt(base, digits), fmt(gain, digits, signed=True)]
-        )
-    return Table(["type", "score", "majority baseline", "gain"], rows, title=title)
+        row = [m.removeprefix(prefix), fmt(score, digits), fmt(base, digits), fmt(gain, digits, signed=True)]
+        if counts is not None:
+            row.append(str(counts[m]) if m in counts else MISSING)
+        rows.append(row)
+    header = ["type", "score", "majority baseline", "gain"] + (["questions"] if counts is not None else [])
+    return Table(header, rows, title=title)
 
 
 _AT_K = re.compile(r"^(?P<base>.+)@(?P<k>\d+)$")

@@ -4,6 +4,8 @@ Importing this package registers the "mm1" model type with AutoConfig, AutoModel
 AutoModelForCausalLM, so `from_pretrained` works on saved checkpoints through the Auto classes too.
 """
 
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
 from mm1.model.configuration import CONNECTOR_TYPES, MM1Config
 from mm1.model.connectors import build_connector
 from mm1.model.decoding import generate_answers
@@ -13,6 +15,12 @@ from mm1.model.loading import load_for_inference, save_for_inference
 from mm1.model.modeling import MM1CausalLMOutput, MM1ForConditionalGeneration, upcycle_to_moe
 from mm1.model.presets import PRESETS, build_mm1, mm1_config
 from mm1.model.processing import MM1Processor
+from mm1.model.remote_code import export_remote_code
+
+# Here, not in modeling.py: that file is also exported as remote code, where registering would be wrong.
+AutoConfig.register("mm1", MM1Config, exist_ok=True)
+AutoModelForImageTextToText.register(MM1Config, MM1ForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(MM1Config, MM1ForConditionalGeneration, exist_ok=True)
 
 __all__ = [
     "CONNECTOR_TYPES",
@@ -25,6 +33,7 @@ __all__ = [
     "apply_freeze",
     "build_connector",
     "build_mm1",
+    "export_remote_code",
     "format_model_info",
     "generate_answers",
     "load_for_inference",

@@ -18,6 +18,16 @@ from mm1.registry import CONNECTORS, VIT_H_378
 
 CONNECTOR_TYPES = tuple(CONNECTORS)
 
+# Where plain transformers finds the classes of a saved checkpoint without this package
+# (`AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)`): module files that
+# mm1.model.remote_code.export_remote_code writes into the folder. Every MM1Config carries it.
+AUTO_MAP = {
+    "AutoConfig": "configuration.MM1Config",
+    "AutoModelForImageTextToText": "modeling.MM1ForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling.MM1ForConditionalGeneration",
+    "AutoProcessor": "processing.MM1Processor",
+}
+
 
 @strict
 class MM1Config(PretrainedConfig):
@@ -62,6 +72,8 @@ class MM1Config(PretrainedConfig):
         # Normalize to lists so the JSON round trip compares equal.
         self.image_mean = list(self.image_mean)
         self.image_std = list(self.image_std)
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(AUTO_MAP)
         # Plain ValueErrors (not strict's own error type) so callers can catch them like any bad argument.
         self._check()
 

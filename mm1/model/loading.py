@@ -10,14 +10,17 @@ import torch
 from mm1 import storage
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import PROCESSOR_FILE, MM1Processor
+from mm1.model.remote_code import export_remote_code
 
 
 def save_for_inference(
     model: MM1ForConditionalGeneration, processor: MM1Processor, directory: str | Path
 ) -> None:
-    """config.json + model.safetensors + tokenizer files + preprocessor_config.json in one directory."""
+    """config.json + model.safetensors + tokenizer files + preprocessor_config.json in one directory, plus
+    the modelling code (mm1.model.remote_code) so plain transformers loads it with trust_remote_code=True."""
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    export_remote_code(directory)
 
 
 def _default_dtype(device: str) -> torch.dtype:

@@ -16,13 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    GenerationMixin,
-    PreTrainedModel,
-)
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -225,8 +219,3 @@ def causal_lm_loss(
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / num_items_in_batch
-
-
-AutoConfig.register("mm1", MM1Config, exist_ok=True)
-AutoModelForImageTextToText.register(MM1Config, MM1ForConditionalGeneration, exist_ok=True)
-AutoModelForCausalLM.register(MM1Config, MM1ForConditionalGeneration, exist_ok=True)

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mm1.data import chat
+from mm1.data.chat import (
+    IMAGE,
+    Encoded,
+    ImageSlot,
+    encode_conversation,
+    encode_document,
+    encode_prompt,
+)
+from mm1.data.chat import stop_token_ids as chat_stop_token_ids
 from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, image_tokens_per_image, pixel_values
 from mm1.model.configuration import MM1Config
 
@@ -45,10 +53,10 @@ class MM1Processor:
     @classmethod
     def from_config(cls, config: MM1Config, tokenizer: PreTrainedTokenizerBase) -> MM1Processor:
         """The processor matching a model config (the way to make one for a freshly built model)."""
-        image_id = tokenizer.convert_tokens_to_ids(chat.IMAGE)
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE)
         if image_id != config.image_token_id:
             raise ValueError(
-                f"tokenizer maps {chat.IMAGE} to {image_id} but the model's image_token_id is {config.image_token_id}"
+                f"tokenizer maps {IMAGE} to {image_id} but the model's image_token_id is {config.image_token_id}"
             )
         return cls(
             tokenizer,
@@ -69,22 +77,22 @@ class MM1Processor:
         return pixel_values(images, self.image_size, self.image_grid, self.image_mean, self.image_std)
 
     # -- text ---------------------------------------------------------------------------------------------
-    def encode_document(self, parts: Sequence[str | chat.ImageSlot]) -> chat.Encoded:
+    def encode_document(self, parts: Sequence[str | ImageSlot]) -> Encoded:
         """Pre-training sample (text and ImageSlot markers in document order); see mm1.data.chat."""
-        return chat.encode_document(self.tokenizer, parts, self.image_tokens_per_image)
+        return encode_document(self.tokenizer, parts, self.image_tokens_per_image)
 
-    def encode_conversation(self, turns: Sequence[dict]) -> chat.Encoded:
+    def encode_conversation(self, turns: Sequence[dict]) -> Encoded:
         """SFT conversation, labels on the assistant's answers; `<image>` in user text marks an image."""
-        return chat.encode_conversation(self.tokenizer, turns, self.image_tokens_per_image)
+        return encode_conversation(self.tokenizer, turns, self.image_tokens_per_image)
 
     def encode_chat(
         self, turns: Sequence[dict], images: Sequence[Any] = ()
     ) -> dict[str, torch.Tensor | None]:
         """A generation prompt: input_ids / attention_mask [1, L] and pixel_values (None without images)."""
-        encoded = chat.encode_prompt(self.tokenizer, turns, self.image_tokens_per_image)
+        encoded = encode_prompt(self.tokenizer, turns, self.image_tokens_per_image)
         if encoded.num_images != len(images):
             raise ValueError(
-                f"the chat has {encoded.num_images} {chat.IMAGE} markers but {len(images)} images were given"
+                f"the chat has {encoded.num_images} {IMAGE} markers but {len(images)} images were given"
             )
         input_ids = torch.tensor([encoded.input_ids], dtype=torch.long)
         return {
@@ -99,7 +107,7 @@ class MM1Processor:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def stop_token_ids(self) -> list[int]:
-        return chat.stop_token_ids(self.tokenizer)
+        return chat_stop_token_ids(self.tokenizer)
 
     # -- persistence --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +119,8 @@ class MM1Processor:
             "image_tokens_per_image": self.image_tokens_per_image,  # derived; written for readers of the file
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            # Where AutoProcessor.from_pretrained(dir, trust_remote_code=True) finds this class (remote_code.py).
+            "auto_map": {"AutoProcessor": "processing.MM1Processor"},
         }
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -120,7 +130,13 @@ class MM1Processor:
         (directory / PROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> MM1Processor:
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Called by transformers' AutoProcessor when it loads this class as remote code; nothing to record."""
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **hub_kwargs: Any) -> MM1Processor:
+        """`hub_kwargs` (revision, trust_remote_code, ... as AutoProcessor passes them) are ignored: `directory`
+        is a local folder."""
         directory = Path(directory)
         path = directory / PROCESSOR_FILE
         if not path.is_file():

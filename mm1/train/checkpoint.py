@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from mm1.model.lora import lora_enabled, merged_state_dict, trainable_names
+from mm1.model.remote_code import export_remote_code
 from mm1.train.parallel import is_fsdp, unwrap
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ def save_checkpoint(
         inner.config.architectures = [real.__name__]
         inner.config.save_pretrained(folder / MODEL_DIR)
     processor.save_pretrained(folder / MODEL_DIR)
+    export_remote_code(folder / MODEL_DIR)  # plain transformers loads model/ with trust_remote_code=True
     torch.save(optim, folder / OPTIMIZER_FILE)
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     torch.save({"scheduler": scheduler.state_dict(), "rng": rng, **state}, folder / STATE_FILE)

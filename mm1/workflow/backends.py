@@ -37,8 +37,8 @@ class Backend(ABC):
         `follow`, wait for its end and raise if it failed."""
 
     def deploy(self, wf: Workflow, winner: dict[str, Any], out_dir: Path, log: Log = print) -> dict[str, Any]:
-        """Serve winner["checkpoint"] as wf.deploy says; returns {"url", "model", "sample"} (url "" when
-        deploy.enabled is false)."""
+        """Serve winner["checkpoint"] as wf.deploy says; returns {"url", "model", "sample", "parity"} (the
+        parity gate's figures, services.parity); url "" when deploy.enabled is false."""
         from services.deploy import deploy_winner
 
         return deploy_winner(wf, winner, out_dir, log=log)

@@ -273,3 +273,24 @@ def test_text_sentences():
     assert len(lines) == 300 and all(line and line == line.lower() for line in lines)
     assert "a triangle has three sides" in lines
     assert any(" and " in line and " make " in line for line in lines)
+
+
+def test_kind_questions_draw_present_or_uniform_kinds_for_evaluation_only():
+    """The opt-in evaluation draw (mm1.eval.heldout splits); `questions` keeps its half-present draw."""
+    s = scene(obj("circle", "red", 5), obj("circle", "red", 40), obj("square", "blue", 80))
+    present = {("red", "circle"), ("blue", "square")}
+    seen: dict[str, set] = {"present": set(), "uniform": set()}
+    for seed in range(400):
+        rng = np.random.default_rng(seed)
+        for draw in shapes.KIND_DRAWS:
+            count, exists = shapes.kind_questions(s, rng, draw)
+            assert (count.type, exists.type) == ("count_kind", "exists")
+            colour, shape = count.question.removeprefix("how many ").removesuffix("s are there?").split()
+            assert count.answer == {("red", "circle"): "2", ("blue", "square"): "1"}.get((colour, shape), "0")
+            seen[draw].add((colour, shape))
+            colour, shape = exists.question.removesuffix("?").split()[-2:]
+            assert exists.answer == ("yes" if (colour, shape) in present else "no")
+    assert seen["present"] == present
+    assert len(seen["uniform"]) == len(COLOURS) * len(shapes.SHAPES)  # absent kinds too
+    with pytest.raises(ValueError, match="unknown kind draw"):
+        shapes.draw_kind(s, np.random.default_rng(0), "balanced")

@@ -19,6 +19,8 @@ from eval_helpers import save_tiny_checkpoint, write_coco_and_vqav2
 from mm1 import config
 from mm1.eval.cider import cider_d
 from mm1.eval.evaluate import EvalSpec, evaluate_candidates
+from mm1.eval.heldout import SPLIT_TYPES
+from mm1.eval.items import is_split
 from mm1.eval.select import select_winner
 from mm1.eval.table import BASELINE_LABEL
 from mm1.eval.vqa import answer_score
@@ -115,7 +117,7 @@ def test_every_prompt_is_answered_exactly_once(first_run, real_files):
     per_benchmark = Counter((b, s) for b, s, _ in counts)
     num_questions = len(json.loads(Path(real_files["vqav2_questions"]).read_text())["questions"])
     assert per_benchmark == {
-        ("shapes-vqa", None): 16,
+        ("shapes-vqa", None): 16 + 10 * len(SPLIT_TYPES),  # + one question per scene of each split type
         ("shapes-caption", None): 10,
         ("shapes-kshot", 0): 10,
         ("shapes-kshot", 2): 10,
@@ -135,8 +137,17 @@ def test_metrics_are_what_the_predictions_imply(first_run):
         return [p for p in predictions if p["benchmark"] == benchmark and p["shots"] == shots]
 
     for bench in ("shapes-vqa", "vqav2"):
-        scores = [answer_score(p["prediction"], p["references"]) for p in rows(bench)]
+        # overall: the main questions; split types (count_kind.uniform, ...) are scored apart
+        scores = [
+            answer_score(p["prediction"], p["references"]) for p in rows(bench) if not is_split(p["type"])
+        ]
         assert metrics[f"{bench}/overall"] == pytest.approx(sum(scores) / len(scores), abs=1e-12)
+    for split in SPLIT_TYPES:
+        picked = [p for p in rows("shapes-vqa") if p["type"] == split]
+        scores = [answer_score(p["prediction"], p["references"]) for p in picked]
+        assert len(picked) == 10 and metrics[f"shapes-vqa/{split}"] == pytest.approx(
+            sum(scores) / 10, abs=1e-12
+        )
     for bench, shots, name in [
         ("shapes-caption", None, "shapes-caption/cider"),
         ("coco-caption", None, "coco-caption/cider"),
@@ -188,6 +199,13 @@ def test_results_json_and_the_printed_tables(first_run):
         "vqav2",
     }
     assert outputs["benchmarks"]["shapes-vqa"]["max_new_tokens"] == 6  # min(max_new_tokens, the answer cap)
+    counts = outputs["benchmarks"]["shapes-vqa"]["questions"]  # the split sizes are stated in the results
+    assert counts["shapes-vqa/overall"] == 16 and all(counts[f"shapes-vqa/{t}"] == 10 for t in SPLIT_TYPES)
+    # Each split has its own baseline, printed on its row of the per-type table beside the score.
+    base = outputs["baseline"]["metrics"]
+    for split in SPLIT_TYPES:
+        (row,) = [line for line in lines if line.split()[:1] == [split]]
+        assert row.split()[2] == f"{base[f'shapes-vqa/{split}']:.3f}" and row.split()[-1] == "10"
 
 
 def test_a_second_run_gives_identical_answers_and_metrics(first_run, all_benchmarks, checkpoint, tmp_path):

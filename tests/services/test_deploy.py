@@ -1,4 +1,5 @@
-"""The workflow's deploy step: serve the winner, wait until healthy, ask one Shapes question over HTTP."""
+"""The workflow's deploy step: serve the winner, gate it (train-serve parity), ask one Shapes question over
+HTTP; a redeploy that fails the gate leaves the previous endpoint serving."""
 
 from __future__ import annotations
 
@@ -72,6 +73,51 @@ def test_client_chat_plain_and_streamed_agree(deployed):
     )
     assert streamed == plain
     assert "".join(pieces) == streamed
+
+
+def test_deploy_winner_passed_the_parity_gate_and_recorded_it(deployed):
+    endpoint, out, lines, _ = deployed
+    parity = endpoint["parity"]
+    assert parity["prompts"] == 3 and parity["tokens"] > 0
+    assert parity["dtype"] == "float32" and parity["tolerance"] == 1e-3
+    assert 0 <= parity["max_abs_logprob_diff"] < parity["tolerance"]
+    assert json.loads((out / "endpoint.json").read_text())["parity"] == parity
+    assert any("parity gate passed" in line for line in lines)
+
+
+def test_a_skewed_redeploy_fails_the_gate_and_the_previous_endpoint_keeps_serving(
+    deployed, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """The training-side reference sees other pixels than the replica (another image mean): the candidate is
+    refused and deleted; the application on the public route is the previous one, untouched."""
+    from ray import serve
+
+    from services import parity
+    from services.deploy import candidate_app, deploy_winner
+
+    endpoint, _, _, port = deployed
+    loaded = parity.Reference.__init__
+
+    def skewed(self, *args, **kwargs):
+        loaded(self, *args, **kwargs)
+        self.processor.image_mean = (0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(parity.Reference, "__init__", skewed)
+    wf = loads(WORKFLOW.format(host=SERVE_HOST, port=port))
+    before = serve.status().applications["deploy-test"].last_deployed_time_s
+    lines: list[str] = []
+    with pytest.raises(
+        parity.ParityError, match=r"train-serve parity: prompt '\w+@\d+'.*position \d+"
+    ) as info:
+        deploy_winner(wf, {"checkpoint": tiny_checkpoint}, tmp_path, log=lines.append)
+    assert "training-side" in str(info.value)
+    applications = serve.status().applications
+    assert candidate_app("deploy-test")[0] not in applications
+    assert applications["deploy-test"].status == "RUNNING"
+    assert applications["deploy-test"].last_deployed_time_s == before  # not redeployed
+    assert any("candidate" in line for line in lines) and not (tmp_path / "endpoint.json").exists()
+    answer = chat("what shape is it?", [], endpoint["url"], temperature=0, max_tokens=4)
+    assert isinstance(answer, str)
 
 
 def test_deploying_on_another_port_than_serve_runs_on_fails_fast(deployed, tiny_checkpoint):

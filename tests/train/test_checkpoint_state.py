@@ -15,6 +15,7 @@ from mm1.config import ConnectorConfig, ModelConfig, TrainConfig
 from mm1.model import MM1Processor
 from mm1.train.checkpoint import (
     METRICS_FILE,
+    MODEL_DIR,
     STATE_FILE,
     load_history,
     load_optimizer,
@@ -58,6 +59,14 @@ def test_train_state_holds_step_position_scheduler_and_rng(saved):
     assert torch.equal(torch.get_rng_state(), expected_torch) and random.getstate() == expected_python
     assert state["step"] == 2 and "scheduler" in state and "rng" not in state
     assert DataPosition.from_state(state["data_position"]) == position
+
+
+def test_the_model_folder_carries_its_code_for_plain_transformers(saved):
+    """tests/model/test_remote_code.py loads such a folder without mm1; here: the loop's save writes it."""
+    from mm1.model.remote_code import remote_code_files
+
+    folder = saved[0] / MODEL_DIR
+    assert all((folder / name).read_text() == text for name, text in remote_code_files().items())
 
 
 def test_history_and_optimizer_come_back(saved):
