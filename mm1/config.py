@@ -149,6 +149,9 @@ def dump(workflow: Workflow) -> str:
 def with_overrides(workflow: Workflow, overrides: dict[str, Any]) -> Workflow:
     """A copy of `workflow` with dotted-key overrides applied and validated (used by the sweep)."""
     document = to_dict(workflow)
+    if "model.llm" in overrides and workflow.data.tokenizer == workflow.model.llm:
+        # The tokenizer was the base LLM's (Workflow.__post_init__): each candidate's LLM brings its own.
+        document["data"]["tokenizer"] = ""
     applied = apply_overrides(
         document,
         [

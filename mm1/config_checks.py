@@ -10,7 +10,7 @@ from mm1.config_cluster import check_cluster, check_storage
 from mm1.config_sections import TrainConfig, Workflow
 from mm1.config_serving import serving_problems
 from mm1.config_validate import SchemaChecker
-from mm1.model_checks import model_problems
+from mm1.model_checks import model_problems, stage_image_problems
 from mm1.registry import BENCHMARKS, FREEZABLE_PARTS, missing_benchmark_files
 
 # Keys that moved to another section: the old spelling gets an error that names the new one.
@@ -38,6 +38,8 @@ def check_semantics(wf: Workflow, checker: SchemaChecker) -> None:
     check_storage(wf.storage, checker)
     check_data(wf, checker)
     for key, message in model_problems(wf.model, wf.data.tokenizer):
+        checker.fail(key, message)
+    for key, message in stage_image_problems(wf):
         checker.fail(key, message)
     for stage_name in ("pretrain", "sft"):
         check_stage(stage_name, getattr(wf, stage_name), checker)

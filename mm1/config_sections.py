@@ -99,12 +99,17 @@ class ConnectorConfig:
 class ModelConfig:
     # A model size from mm1.registry.PRESETS (`mm1 model-info all` lists them with their sizes).
     preset: str = choice("tiny", *PRESETS)
-    # Encoder input resolution in pixels: a multiple of the tower's patch size; with model.vision, the tower's
-    # own resolution is the natural choice (another one interpolates its position embeddings).
-    image_size: int = 64
+    # Encoder input resolution in pixels, a multiple of the tower's patch size; null = the tower's own (its
+    # image-processor config, with model.vision) or the preset's (64 for tiny). Another size interpolates a
+    # ViT's position embeddings. pretrain.image_size / sft.image_size override it for one stage.
+    image_size: int | None = None
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
-    # Image splitting: grid x grid crops + an overview (1 = off).
+    # Image splitting: grid x grid crops + an overview (1 = off); a stage's image_grid overrides it.
     image_grid: int = 1
+    # Crop layouts ROWSxCOLUMNS a split chooses from by each image's aspect ratio, every one with grid^2
+    # crops (so an image's token count never depends on its shape); empty = all up to 4:1 (grid 2: 1x4,
+    # 2x2, 4x1). [2x2] keeps the square grid alone.
+    image_layouts: list[str] = field(default_factory=list)
     # Hugging Face vision tower / causal LM by hub name (org/name, downloaded on first use) or local folder;
     # empty = built from the preset with random weights. The tower's image-processor config gives the pixel
     # mean/std (train, eval and serving alike); the LLM gives the tokenizer and chat template (data.tokenizer).
@@ -153,6 +158,12 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     # LoRA adapters instead of full weights for some parts (r = 0: off).
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # This stage's resolution, image splitting and packed sequence length (MM1: 378 px pre-training, then
+    # high-resolution SFT with sub-images); null = model.image_size, model.image_grid, packing.seq_len. A
+    # checkpoint records its stage's settings, so evaluation and serving use the last stage's.
+    image_size: int | None = None
+    image_grid: int | None = None
+    seq_len: int | None = None
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     num_workers: int = 1

@@ -32,6 +32,7 @@ MM1_CONFIG_FIELDS = (
     "connector_hidden_size",
     "image_size",
     "image_grid",
+    "image_layouts",
     "image_mean",
     "image_std",
     "image_token_id",
@@ -202,50 +203,16 @@ def model_problems(model: Any, tokenizer: str) -> list[tuple[str, str]]:
         geometry = None
     # A top-level override is applied after these keys (mm1.model.presets), so it is what the model gets.
     size = top.get("image_size", model.image_size)
+    if size is None:
+        size = native_image_size(model)
     k = top.get("num_image_tokens", model.connector.num_tokens)
     connector_type = top.get("connector_type", model.connector.type)
-    if size < 1:
-        problems.append(("model.image_size", f"must be a positive number of pixels, got {size}"))
-    elif geometry is not None and size % geometry.stride:
-        fits = ", ".join(
-            str(geometry.stride * n)
-            for n in range(max(1, size // geometry.stride - 1), size // geometry.stride + 3)
+    where = {"size": "model.image_size", "grid": "model.image_grid", "tokens": "model.connector.num_tokens"}
+    if size is not None:  # unknown only for a hub tower, read when the model is built
+        problems += image_problems(
+            where, size, top.get("image_grid", model.image_grid), k, connector_type, geometry, source, native
         )
-        problems.append(
-            (
-                "model.image_size",
-                f"{size} is not a multiple of the vision tower's patch size (total stride) {geometry.stride} "
-                f"from {source['vision_config']}; e.g. one of {fits}"
-                + (f" (its native resolution is {native})" if native else ""),
-            )
-        )
-    if model.image_grid < 1:
-        problems.append(
-            ("model.image_grid", f"must be at least 1 (1 = no image splitting), got {model.image_grid}")
-        )
-    connector = CONNECTORS.get(connector_type)
-    if k < 1:
-        problems.append(("model.connector.num_tokens", f"must be at least 1, got {k}"))
-    elif connector is not None and connector.square_tokens:
-        root = math.isqrt(k)
-        if root * root != k:
-            near = ", ".join(str(n * n) for n in (max(1, root), root + 1))
-            problems.append(
-                (
-                    "model.connector.num_tokens",
-                    f"the {connector_type} connector pools the patch grid to a square: {k} is not a "
-                    f"perfect square (e.g. {near}); attnpool takes any count",
-                )
-            )
-        elif geometry is not None and size >= geometry.stride and root > size // geometry.stride:
-            side = size // geometry.stride
-            problems.append(
-                (
-                    "model.connector.num_tokens",
-                    f"{k} tokens need a {root}x{root} pool but the patch grid is only {side}x{side} "
-                    f"(image_size {size} / patch {geometry.stride}); at most {side * side}",
-                )
-            )
+    problems += _layout_problems(model.image_layouts)
     for name in ("moe_num_experts", "moe_every", "moe_top_k"):
         value = top.get(name, preset.get(name))
         if value is not None and (
@@ -259,6 +226,182 @@ def model_problems(model: Any, tokenizer: str) -> list[tuple[str, str]]:
             )
     problems += _tokenizer_problems(model.llm, tokenizer, configs["text_config"])
     return problems
+
+
+def image_problems(
+    where: Mapping[str, str],
+    size: int,
+    grid: int,
+    k: int,
+    connector_type: str,
+    geometry: FeatureGeometry | None,
+    source: Mapping[str, str] | None = None,
+    native: int | None = None,
+) -> list[tuple[str, str]]:
+    """Resolution, splitting and connector tokens that cannot work together; `where` names the keys
+    ({"size", "grid", "tokens"}: model.image_size or a stage's pretrain.image_size, ...)."""
+    problems: list[tuple[str, str]] = []
+    tower = (source or {}).get("vision_config", "the vision tower")
+    if not isinstance(size, int) or size < 1:
+        problems.append((where["size"], f"must be a positive number of pixels, got {size}"))
+    elif geometry is not None and size % geometry.stride:
+        fits = ", ".join(
+            str(geometry.stride * n)
+            for n in range(max(1, size // geometry.stride - 1), size // geometry.stride + 3)
+        )
+        problems.append(
+            (
+                where["size"],
+                f"{size} is not a multiple of the vision tower's patch size (total stride) {geometry.stride} "
+                f"from {tower}; e.g. one of {fits}"
+                + (f" (its native resolution is {native})" if native else ""),
+            )
+        )
+    if not isinstance(grid, int) or grid < 1:
+        problems.append((where["grid"], f"must be at least 1 (1 = no image splitting), got {grid}"))
+    connector = CONNECTORS.get(connector_type)
+    if k < 1:
+        problems.append((where["tokens"], f"must be at least 1, got {k}"))
+    elif connector is not None and connector.square_tokens:
+        root = math.isqrt(k)
+        if root * root != k:
+            near = ", ".join(str(n * n) for n in (max(1, root), root + 1))
+            problems.append(
+                (
+                    where["tokens"],
+                    f"the {connector_type} connector pools the patch grid to a square: {k} is not a "
+                    f"perfect square (e.g. {near}); attnpool takes any count",
+                )
+            )
+        elif (
+            geometry is not None
+            and isinstance(size, int)
+            and size >= geometry.stride
+            and root > size // geometry.stride
+        ):
+            side = size // geometry.stride
+            problems.append(
+                (
+                    where["tokens"] if where["size"].startswith("model.") else where["size"],
+                    f"{k} tokens need a {root}x{root} pool but the patch grid is only {side}x{side} "
+                    f"(image_size {size} / patch {geometry.stride}); at most {side * side}",
+                )
+            )
+    return problems
+
+
+def _layout_problems(layouts: list[str]) -> list[tuple[str, str]]:
+    """`model.image_layouts`: ROWSxCOLUMNS strings with a square number of crops (image_grid^2)."""
+    problems = []
+    for i, text in enumerate(layouts or []):
+        rows, sep, cols = str(text).lower().partition("x")
+        if not (sep and rows.isdigit() and cols.isdigit() and int(rows) and int(cols)):
+            problems.append((f"model.image_layouts[{i}]", f"'{text}' is not ROWSxCOLUMNS, e.g. 2x2 or 1x4"))
+        elif math.isqrt(int(rows) * int(cols)) ** 2 != int(rows) * int(cols):
+            problems.append(
+                (
+                    f"model.image_layouts[{i}]",
+                    f"{text} has {int(rows) * int(cols)} crops; a layout of image_grid g has g*g crops "
+                    "(2: 1x4, 2x2, 4x1)",
+                )
+            )
+    return problems
+
+
+def native_image_size(model: Any) -> int | None:
+    """The resolution a model section runs at when it names none: a `model.vision` tower's own (its
+    image-processor config, else its config.json), else the preset's; None for a hub tower not on this
+    machine (known once the model is built). As mm1.model.presets.mm1_config resolves it."""
+    preset = PRESETS[model.preset]
+    if not model.vision:
+        return preset.get("image_size")
+    folder = local_checkpoint(model.vision)
+    if folder is None or not folder.is_dir():
+        return None
+    config = _read_json(folder / "config.json") or {}
+    config = config.get("vision_config", config)
+    processor = _read_json(folder / "preprocessor_config.json") or {}
+    size = processor.get("crop_size") if processor.get("do_center_crop") else processor.get("size")
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge"))
+    return size if isinstance(size, int) else config.get("image_size", preset.get("image_size"))
+
+
+def vision_geometry(model: Any) -> FeatureGeometry | None:
+    """The tower's feature geometry from the preset or a local `model.vision` config (with any
+    vision_config.* overrides); None when unknown here (a hub name) or unreadable (model_problems says why)."""
+    config = dict(PRESETS[model.preset]["vision_config"])
+    if model.vision:
+        folder = local_checkpoint(model.vision)
+        found = _read_json(folder / "config.json") if folder is not None and folder.is_dir() else None
+        if found is None:
+            return None
+        config = dict(found.get("vision_config", found))
+    for key, value in (model.overrides or {}).items():
+        section, _, name = str(key).rpartition(".")
+        if section == "vision_config":
+            config[name] = value
+    try:
+        return feature_geometry(config)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def stage_image_problems(wf: Any) -> list[tuple[str, str]]:
+    """Each enabled training stage's own resolution, splitting and sequence length (`pretrain.image_size`,
+    ...) against the tower, the connector and the packed sequence; what a stage inherits from the model
+    section is model_problems' to report."""
+    from mm1.data.preprocess import crops_per_image, grid_layouts
+
+    model, problems = wf.model, []
+    top = top_level_overrides(model)
+    geometry = vision_geometry(model)
+    k = top.get("num_image_tokens") or model.connector.num_tokens
+    connector_type = top.get("connector_type") or model.connector.type
+    base_size = top.get("image_size") or model.image_size or native_image_size(model)
+    for name in ("pretrain", "sft"):
+        stage = getattr(wf, name)
+        if not stage.enabled:
+            continue
+        grid = stage.image_grid or top.get("image_grid") or model.image_grid
+        size = stage.image_size or base_size
+        where = {
+            "size": f"{name}.image_size" if stage.image_size else "model.image_size",
+            "grid": f"{name}.image_grid" if stage.image_grid else "model.image_grid",
+            "tokens": "model.connector.num_tokens",
+        }
+        if (stage.image_size is not None or stage.image_grid is not None) and size is not None:
+            tower = f"model.vision '{model.vision}'" if model.vision else f"preset '{model.preset}'"
+            problems += image_problems(
+                where, size, grid, k, connector_type, geometry, {"vision_config": tower}
+            )
+        if isinstance(grid, int) and grid >= 1 and not _layout_problems(model.image_layouts):
+            try:
+                grid_layouts(grid, model.image_layouts)
+            except ValueError as exc:
+                problems.append(("model.image_layouts", f"{exc}, the grid of {name}"))
+        seq_key = f"{name}.seq_len" if stage.seq_len is not None else "packing.seq_len"
+        seq_len = stage.seq_len if stage.seq_len is not None else wf.packing.seq_len
+        if stage.seq_len is not None and stage.seq_len < 32:
+            problems.append((seq_key, f"must be at least 32, got {stage.seq_len}"))
+        elif isinstance(grid, int) and grid >= 1 and isinstance(k, int) and k >= 1:
+            per_image = k * crops_per_image(grid)
+            if seq_len < per_image + 2:
+                problems.append(
+                    (
+                        seq_key,
+                        f"{seq_len} tokens cannot hold one image of {name} ({per_image} tokens: "
+                        f"{crops_per_image(grid)} sub-image(s) x {k} connector tokens) plus <s> and a token of "
+                        "text; raise it or lower the connector's tokens / the image grid",
+                    )
+                )
+    return problems
+
+
+def top_level_overrides(model: Any) -> dict[str, Any]:
+    """`model.overrides` keys without a sub-config prefix: MM1Config fields, applied after every other
+    model setting."""
+    return {k: v for k, v in (model.overrides or {}).items() if "." not in str(k)}
 
 
 def _tokenizer_problems(llm: str, tokenizer: str, text_config: dict) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ An image part becomes an `<image>` marker at its place among the text parts, par
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from mm1.data.chat import IMAGE, SPECIAL_TOKENS
@@ -32,10 +33,10 @@ class Limits:
     default_max_tokens: int
 
 
-def _check_text(text: str, param: str) -> str:
-    # A typed "<image>" or "<|end|>" would be tokenized as the special token: an image without pixels, or a
-    # forged turn boundary. Refuse instead of guessing.
-    for token in SPECIAL_TOKENS:
+def _check_text(text: str, param: str, reserved: Collection[str]) -> str:
+    # A typed "<image>", "<|end|>" or an LLM's "<|im_start|>" would be tokenized as the special token: an
+    # image without pixels, or a forged turn boundary. Refuse instead of guessing.
+    for token in reserved:
         if token in text:
             raise bad_request(f"text may not contain the reserved token {token!r}", param, "reserved_token")
     return text
@@ -52,17 +53,17 @@ def _image_parts(messages: list[Message]) -> list[tuple[str, str]]:
     return found
 
 
-def _message_text(message: Message, index: int, images_allowed: bool) -> str:
+def _message_text(message: Message, index: int, images_allowed: bool, reserved: Collection[str]) -> str:
     """The message as template text, images as `<image>` markers."""
     if message.content is None:
         return ""
     if isinstance(message.content, str):
-        return _check_text(message.content, f"messages[{index}].content")
+        return _check_text(message.content, f"messages[{index}].content", reserved)
     pieces = []
     for j, part in enumerate(message.content):
         param = f"messages[{index}].content[{j}]"
         if isinstance(part, TextPart):
-            pieces.append(_check_text(part.text, f"{param}.text"))
+            pieces.append(_check_text(part.text, f"{param}.text", reserved))
         elif not images_allowed:
             raise bad_request(f"a {message.role} message cannot contain images", param, "invalid_content")
         else:
@@ -70,20 +71,17 @@ def _message_text(message: Message, index: int, images_allowed: bool) -> str:
     return "\n".join(pieces)
 
 
-def chat_turns(messages: list[Message]) -> list[dict]:
+def chat_turns(messages: list[Message], reserved: Collection[str] = SPECIAL_TOKENS) -> list[dict]:
     """System/developer messages become system turns: mm1.data.chat gives them to the tokenizer's own template
-    (system role included) or, for ours (no system role), puts their text before the first user message."""
+    (system role included) or, for ours (no system role), puts their text before the first user message.
+    Text containing any of `reserved` (the processor's `reserved_tokens`) is refused."""
     turns: list[dict] = []
     for i, message in enumerate(messages):
         if message.role in ("system", "developer"):
-            turns.append({"role": "system", "content": _message_text(message, i, images_allowed=False)})
+            turns.append({"role": "system", "content": _message_text(message, i, False, reserved)})
         else:
-            turns.append(
-                {
-                    "role": message.role,
-                    "content": _message_text(message, i, images_allowed=message.role == "user"),
-                }
-            )
+            content = _message_text(message, i, message.role == "user", reserved)
+            turns.append({"role": message.role, "content": content})
     spoken = [t for t in turns if t["role"] != "system"]
     if not spoken or spoken[-1]["role"] != "user":
         raise bad_request("the last message must come from the user", "messages", "invalid_messages")
@@ -130,7 +128,9 @@ async def build_prompt(
             "messages",
             "too_many_images",
         )
-    turns = chat_turns(request.messages)  # validate the text before fetching anything
+    turns = chat_turns(
+        request.messages, processor.reserved_tokens
+    )  # validate the text before fetching anything
     blobs = list(await asyncio.gather(*(read_image_bytes(url, policy, param) for param, url in parts)))
 
     def encode() -> dict:

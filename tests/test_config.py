@@ -115,6 +115,6 @@ def test_overrides_may_follow_options():
 def test_with_overrides_returns_a_validated_copy():
     wf = loads("name: x\n")
     changed = with_overrides(wf, {"model.image_size": 32, "model.connector.type": "avgpool"})
-    assert changed.model.image_size == 32 and wf.model.image_size == 64
+    assert changed.model.image_size == 32 and wf.model.image_size is None  # None: the preset's own
     with pytest.raises(ConfigError, match="not a valid choice"):
         with_overrides(wf, {"model.connector.type": "mlp"})

@@ -39,8 +39,11 @@ def _list_column(table: pa.Table, name: str) -> list[np.ndarray]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(column))]
 
 
-def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int) -> dict[str, np.ndarray]:
-    """Shard rows (source, input_ids, labels, images) -> packed rows with decoded, resized images."""
+def pack_table(
+    table: pa.Table, spec: PackSpec, image_size: int, image_grid: int, image_layouts: tuple | None = None
+) -> dict[str, np.ndarray]:
+    """Shard rows (source, input_ids, labels, images) -> packed rows with decoded, resized images (split in
+    the layout of `image_layouts` that fits each image, as the model's processor splits them)."""
     ids, labels = _list_column(table, "input_ids"), _list_column(table, "labels")
     images = table.column("images").to_pylist()
     samples = (expand(i, lab, im, spec) for i, lab, im in zip(ids, labels, images, strict=True))
@@ -48,7 +51,9 @@ def pack_table(table: pa.Table, spec: PackSpec, image_size: int, image_grid: int
     crops = crops_per_image(image_grid)
     pixels = np.empty(len(rows), dtype=object)
     for r, row in enumerate(rows):
-        decoded = [crop for png in row.images for crop in split_image(png, image_size, image_grid)]
+        decoded = [
+            crop for png in row.images for crop in split_image(png, image_size, image_grid, image_layouts)
+        ]
         pixels[r] = np.stack(decoded) if decoded else np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
         assert len(decoded) == len(row.images) * crops
     return {
@@ -100,7 +105,7 @@ def shard_files(shard_dir: str) -> list[str]:
 
 
 def _read_and_pack(
-    batch: pa.Table, spec: PackSpec, image_size: int, image_grid: int
+    batch: pa.Table, spec: PackSpec, image_size: int, image_grid: int, image_layouts: tuple | None
 ) -> Iterator[dict[str, np.ndarray]]:
     """One parquet row group per call: read it, pack its samples, decode their images."""
     for path, group in zip(
@@ -109,7 +114,7 @@ def _read_and_pack(
         with storage.open_input(path) as f:
             table = pq.ParquetFile(f).read_row_group(group, columns=["input_ids", "labels", "images"])
         for start in range(0, table.num_rows, PACK_WINDOW):
-            yield pack_table(table.slice(start, PACK_WINDOW), spec, image_size, image_grid)
+            yield pack_table(table.slice(start, PACK_WINDOW), spec, image_size, image_grid, image_layouts)
 
 
 def row_groups(paths: list[str]) -> list[dict]:
@@ -132,6 +137,7 @@ def build_train_dataset(
     seq_len: int,
     max_images: int,
     seed: int,
+    image_layouts: tuple | None = None,
 ) -> ray.data.Dataset:
     """Packed training rows for one candidate (one pass = one epoch: every sample lands in exactly one row).
 
@@ -154,7 +160,12 @@ def build_train_dataset(
         _read_and_pack,
         batch_size=1,
         batch_format="pyarrow",
-        fn_kwargs={"spec": spec, "image_size": image_size, "image_grid": image_grid},
+        fn_kwargs={
+            "spec": spec,
+            "image_size": image_size,
+            "image_grid": image_grid,
+            "image_layouts": image_layouts,
+        },
     )
     # Ray Data reserves part of the CPU budget per operator; with one map stage on a small node that left
     # one task running at a time (measured on 2 CPUs). This dataset's own context only: use every CPU.

@@ -2,7 +2,8 @@
 
 Train/serve skew is designed out by having every consumer call these functions: `load_image` turns any
 accepted source into an RGB PIL image, `preprocess_image` resizes it to the model's resolution as uint8
-(the form stored in shards), `split_image` makes the high-resolution crops + overview, and
+(the form stored in shards), `split_image` makes the high-resolution crops + overview (tiling the image in
+the grid layout that fits its aspect ratio, `choose_layout`), and
 `to_pixel_values` normalizes uint8 arrays into the float tensor the vision tower takes, and `pixel_values` is
 the two together (what evaluation and serving call; training splits in its Ray Data workers and normalizes in
 its collate, with the same two functions).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,22 +112,76 @@ def image_tokens_per_image(tokens_per_crop: int, grid: int) -> int:
     return tokens_per_crop * crops_per_image(grid)
 
 
-def split_image(
-    source: bytes | str | Path | Image.Image | np.ndarray, size: int, grid: int
-) -> list[np.ndarray]:
-    """MM1's sub-image decomposition: `grid` x `grid` crops (row-major) then a downscaled overview.
+# A grid layout: (rows, columns) of crops. Every layout of a split has grid*grid crops, so an image's token
+# count never depends on its shape (packing, batch shapes and a served context stay predictable, as in MM1's
+# fixed 4 crops + overview); the layout only decides how those crops tile the image.
+Layout = tuple[int, int]
+MAX_LAYOUT_ASPECT = 4  # automatic layouts: at most 4:1 (a 1x4 or 4x1 strip for grid 2)
 
-    The image is first resized to (grid*size)^2, so every crop is `size` x `size`. grid=1 returns the
-    overview alone, i.e. the same as `preprocess_image`.
+
+def parse_layout(text: str) -> Layout:
+    """'2x2' -> (2, 2): rows x columns."""
+    rows, sep, cols = str(text).lower().partition("x")
+    if not sep or not rows.strip().isdigit() or not cols.strip().isdigit() or not int(rows) or not int(cols):
+        raise ValueError(f"'{text}' is not a grid layout: expected ROWSxCOLUMNS such as 2x2 or 1x4")
+    return int(rows), int(cols)
+
+
+def grid_layouts(grid: int, declared: list[str] | tuple | None = None) -> tuple[Layout, ...]:
+    """The layouts a split into grid*grid crops chooses from: those in `declared` (ROWSxCOLUMNS strings or
+    pairs) with rows * columns == grid*grid, or, when none are declared, every such layout up to
+    MAX_LAYOUT_ASPECT:1 (grid 2: 1x4, 2x2, 4x1). The square is always one of them."""
+    if grid <= 1:
+        return ((1, 1),)
+    count = grid * grid
+    pairs = [parse_layout(d) if isinstance(d, str) else (int(d[0]), int(d[1])) for d in declared or ()]
+    if pairs:
+        wrong = [f"{r}x{c}" for r, c in pairs if r * c != count]
+        if wrong:
+            raise ValueError(
+                f"grid layouts {wrong} do not have {count} crops (image_grid {grid} splits into {grid}x{grid})"
+            )
+        return tuple(dict.fromkeys([*pairs, (grid, grid)]))
+    return tuple(
+        (r, count // r)
+        for r in range(1, count + 1)
+        if count % r == 0 and max(r, count // r) <= MAX_LAYOUT_ASPECT * min(r, count // r)
+    )
+
+
+def choose_layout(width: int, height: int, layouts: tuple[Layout, ...]) -> Layout:
+    """The layout whose shape (columns / rows) is closest to the image's (width / height), on a log scale so
+    2:1 and 1:2 are equally far from square; ties go to the squarer layout, then to the first."""
+    aspect = math.log(max(width, 1) / max(height, 1))
+    return min(
+        layouts,
+        key=lambda rc: (round(abs(math.log(rc[1] / rc[0]) - aspect), 9), abs(math.log(rc[1] / rc[0]))),
+    )
+
+
+def split_image(
+    source: bytes | str | Path | Image.Image | np.ndarray,
+    size: int,
+    grid: int,
+    layouts: tuple[Layout, ...] | list | None = None,
+) -> list[np.ndarray]:
+    """MM1's sub-image decomposition: grid*grid crops (row-major) then a downscaled overview.
+
+    The crops tile the image in the layout of `layouts` (default: the square grid x grid alone) that best fits
+    its aspect ratio (`choose_layout`): the image is resized to (columns*size) x (rows*size), so every crop is
+    `size` x `size`. grid=1 returns the overview alone, i.e. the same as `preprocess_image`.
     """
     image = load_image(source)
     if grid <= 1:
         return [preprocess_image(image, size)]
-    big = image.resize((grid * size, grid * size), Image.Resampling.BICUBIC)
+    rows, cols = choose_layout(*image.size, tuple(layouts) if layouts else ((grid, grid),))
+    if rows * cols != grid * grid:
+        raise ValueError(f"layout {rows}x{cols} does not have the {grid * grid} crops of image_grid {grid}")
+    big = image.resize((cols * size, rows * size), Image.Resampling.BICUBIC)
     crops = [
         np.asarray(big.crop((c * size, r * size, (c + 1) * size, (r + 1) * size)), dtype=np.uint8)
-        for r in range(grid)
-        for c in range(grid)
+        for r in range(rows)
+        for c in range(cols)
     ]
     return crops + [preprocess_image(image, size)]
 
@@ -153,12 +209,13 @@ def pixel_values(
     grid: int,
     mean: tuple[float, ...] | list[float],
     std: tuple[float, ...] | list[float],
+    layouts: tuple[Layout, ...] | list | None = None,
 ) -> torch.Tensor:
     """Image sources -> [len(images) * crops_per_image(grid), 3, size, size] float32, normalized with the
     tower's mean/std: `split_image` then `to_pixel_values`, the path every consumer takes."""
     import torch
 
-    arrays = [crop for image in images for crop in split_image(image, size, grid)]
+    arrays = [crop for image in images for crop in split_image(image, size, grid, layouts)]
     if not arrays:
         return torch.zeros(0, 3, size, size)
     return to_pixel_values(arrays, mean, std)

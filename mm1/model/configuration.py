@@ -12,7 +12,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, crops_per_image, image_tokens_per_image
+from mm1.data.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Layout,
+    crops_per_image,
+    grid_layouts,
+    image_tokens_per_image,
+)
 from mm1.model.vision import feature_geometry
 from mm1.registry import CONNECTORS, VIT_H_378
 
@@ -54,6 +61,9 @@ class MM1Config(PretrainedConfig):
         378  # side of every (sub-)image fed to the encoder; may exceed the encoder's native size
     )
     image_grid: int = 1  # image splitting: grid x grid crops + one overview per image; 1 = off
+    # Crop layouts [rows, columns] (each with image_grid^2 crops) a split picks from by the image's aspect
+    # ratio (mm1.data.preprocess.choose_layout); None = the square grid alone.
+    image_layouts: list[list[int]] | None = None
     image_mean: list[float] | tuple[float, ...] = CLIP_MEAN  # pixel normalization used by the processor
     image_std: list[float] | tuple[float, ...] = CLIP_STD
     image_token_id: int = 3  # placeholder id replaced by image features (<image> in mm1.data.chat)
@@ -85,6 +95,13 @@ class MM1Config(PretrainedConfig):
     @property
     def image_tokens_per_image(self) -> int:
         return image_tokens_per_image(self.num_image_tokens, self.image_grid)
+
+    @property
+    def layouts(self) -> tuple[Layout, ...]:
+        """The crop layouts of image splitting (the processor's `image_layouts`)."""
+        if self.image_grid <= 1 or not self.image_layouts:
+            return ((self.image_grid, self.image_grid),)
+        return grid_layouts(self.image_grid, self.image_layouts)
 
     @property
     def num_patches(self) -> int:
@@ -120,6 +137,7 @@ class MM1Config(PretrainedConfig):
             )
         if self.image_grid < 1:
             raise ValueError(f"image_grid must be >= 1, got {self.image_grid}")
+        self.layouts  # noqa: B018 -- raises on a layout without image_grid^2 crops
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError(f"image_mean/std need 3 values, got {self.image_mean} / {self.image_std}")
         if self.moe_num_experts < 0 or self.moe_every < 1:

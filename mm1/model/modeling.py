@@ -82,6 +82,23 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
             )
         self.post_init()
 
+    def set_image_settings(
+        self, image_size: int, image_grid: int, image_layouts: list[list[int]] | None = None
+    ) -> None:
+        """Switch resolution and image splitting (a training stage's own settings, e.g. MM1's high-resolution
+        SFT after 378 px pre-training). The config records them, so a checkpoint saved afterwards gives its
+        processor, evaluation and serving the same; the tower interpolates its position embeddings to the new
+        size (VisionTower.resize). The connector pools any patch grid to its tokens, so the weights stay."""
+        previous = (self.config.image_size, self.config.image_grid, self.config.image_layouts)
+        self.config.image_size, self.config.image_grid = image_size, image_grid
+        self.config.image_layouts = [list(layout) for layout in image_layouts] if image_layouts else None
+        try:
+            self.config._check()
+            self.vision_tower.resize(image_size)
+        except ValueError:
+            self.config.image_size, self.config.image_grid, self.config.image_layouts = previous
+            raise
+
     # The LLM owns the embeddings; generate() and resize_token_embeddings() find them through these.
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()

@@ -8,6 +8,7 @@ tokenizer files (with its chat template) plus `preprocessor_config.json`.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,17 @@ from mm1.data.chat import (
     encode_conversation,
     encode_document,
     encode_prompt,
+    reserved_tokens,
 )
 from mm1.data.chat import stop_token_ids as chat_stop_token_ids
-from mm1.data.preprocess import CLIP_MEAN, CLIP_STD, image_tokens_per_image, pixel_values
+from mm1.data.preprocess import (
+    CLIP_MEAN,
+    CLIP_STD,
+    Layout,
+    grid_layouts,
+    image_tokens_per_image,
+    pixel_values,
+)
 from mm1.model.configuration import MM1Config
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -40,9 +49,16 @@ class MM1Processor:
         num_image_tokens: int = 144,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        image_layouts: Sequence[Sequence[int]] | None = None,
     ):
         if image_grid < 1:
             raise ValueError(f"image_grid must be >= 1, got {image_grid}")
+        # The crop layouts a split chooses from by aspect ratio (None: the square grid alone).
+        self.image_layouts: tuple[Layout, ...] = (
+            grid_layouts(image_grid, [tuple(p) for p in image_layouts])
+            if image_layouts and image_grid > 1
+            else ((image_grid, image_grid),)
+        )
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.image_grid = image_grid
@@ -65,7 +81,14 @@ class MM1Processor:
             num_image_tokens=config.num_image_tokens,
             image_mean=config.image_mean,
             image_std=config.image_std,
+            image_layouts=config.layouts,
         )
+
+    @functools.cached_property
+    def reserved_tokens(self) -> frozenset[str]:
+        """Strings user text may not contain (they would tokenize as special tokens): ours, the tokenizer's
+        special tokens and every token added to it (an LLM's turn markers such as <|im_start|>)."""
+        return frozenset(reserved_tokens(self.tokenizer))
 
     @property
     def image_tokens_per_image(self) -> int:
@@ -74,7 +97,9 @@ class MM1Processor:
     # -- images -------------------------------------------------------------------------------------------
     def images_to_pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
         """Image sources (bytes, paths, PIL, uint8 arrays) -> [len(images) * sub_images, 3, S, S] float32."""
-        return pixel_values(images, self.image_size, self.image_grid, self.image_mean, self.image_std)
+        return pixel_values(
+            images, self.image_size, self.image_grid, self.image_mean, self.image_std, self.image_layouts
+        )
 
     # -- text ---------------------------------------------------------------------------------------------
     def encode_document(self, parts: Sequence[str | ImageSlot]) -> Encoded:
@@ -115,6 +140,7 @@ class MM1Processor:
             "processor_class": type(self).__name__,
             "image_size": self.image_size,
             "image_grid": self.image_grid,
+            "image_layouts": [list(layout) for layout in self.image_layouts],
             "num_image_tokens": self.num_image_tokens,
             "image_tokens_per_image": self.image_tokens_per_image,  # derived; written for readers of the file
             "image_mean": list(self.image_mean),
@@ -150,4 +176,5 @@ class MM1Processor:
             num_image_tokens=settings["num_image_tokens"],
             image_mean=settings["image_mean"],
             image_std=settings["image_std"],
+            image_layouts=settings.get("image_layouts"),  # absent before layouts existed: the square
         )

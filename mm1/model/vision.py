@@ -51,21 +51,28 @@ class VisionTower(nn.Module):
     def __init__(self, vision_config: PretrainedConfig, image_size: int):
         super().__init__()
         self.model = AutoModel.from_config(vision_config)
-        self.image_size = image_size
-        geometry = feature_geometry(vision_config)
-        self.native_size = geometry.native_size or image_size
-        self.num_patches = (image_size // geometry.stride) ** 2
-        accepts = inspect.signature(self.model.forward).parameters
-        if image_size != self.native_size and "interpolate_pos_encoding" not in accepts:
-            raise ValueError(
-                f"{type(self.model).__name__} was built for {self.native_size} px and cannot interpolate its "
-                f"position embeddings to image_size={image_size}"
-            )
+        self.geometry = feature_geometry(vision_config)
+        self.resize(image_size)
         self.unused = tuple(
             m for m in UNUSED_MODULES.get(vision_config.model_type, ()) if hasattr(self.model, m)
         )
         for name in self.unused:
             setattr(self.model, name, nn.Identity())
+
+    def resize(self, image_size: int) -> None:
+        """Run at `image_size` from now on (e.g. a fine-tuning stage at a higher resolution than pre-training).
+        A ViT keeps its position embeddings at their native size and interpolates them (bicubic, as
+        transformers does) to every other size at each forward, so all sizes share one learned table; a
+        convolutional tower takes any multiple of its stride as it is."""
+        native = self.geometry.native_size or image_size
+        accepts = inspect.signature(self.model.forward).parameters
+        if image_size != native and "interpolate_pos_encoding" not in accepts:
+            raise ValueError(
+                f"{type(self.model).__name__} was built for {native} px and cannot interpolate its "
+                f"position embeddings to image_size={image_size}"
+            )
+        self.image_size, self.native_size = image_size, native
+        self.num_patches = (image_size // self.geometry.stride) ** 2
 
     def load_pretrained(self, name_or_path: str) -> None:
         """Copy weights from a HF vision checkpoint (a vision-only or a full CLIP/SigLIP one)."""

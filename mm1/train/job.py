@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm1.config import ModelConfig, TrainConfig
+from mm1.stage_images import StageImages
 
 _KEY = "job"
 
@@ -29,6 +30,9 @@ class TrainJob:
     seq_len: int
     # Prefix of the workers' log lines (e.g. "pretrain:connector.type-avgpool").
     label: str
+    # The stage's resolution, image splitting and crop layouts (mm1.stage_images): the model is switched to
+    # them whatever its weights came from; None = the model's own (the model section's, or the checkpoint's).
+    images: StageImages | None = None
     # The model folder the stage starts from (the previous stage's last checkpoint); None = random init.
     init_checkpoint: str | None = None
     # A file rank 0 appends each step's metric row to (a path the driver can read); None = no live file.

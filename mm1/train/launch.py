@@ -21,6 +21,7 @@ from ray.train.torch import TorchTrainer
 
 from mm1 import storage
 from mm1.config import ModelConfig, TrainConfig
+from mm1.stage_images import StageImages
 from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR, STATE_FILE
 from mm1.train.job import TrainJob
 from mm1.train.loop import train_loop_per_worker
@@ -48,20 +49,25 @@ def fit_stage(
     dataset: Any,
     model_cfg: ModelConfig | Mapping[str, Any],
     tokenizer_dir: str,
-    seq_len: int,
+    seq_len: int | None = None,
+    images: StageImages | None = None,
     init_checkpoint: str | None = None,
     metrics_path: str | None = None,
     run: str = "",
     candidate: str = "",
 ) -> StageOutcome:
     """Run (or resume) one stage to `stage.steps`; returns what storage holds, not what memory says.
-    `run` (the Prometheus tag) defaults to `run_name`; the rest is described by TrainJob's fields."""
+    `run` (the Prometheus tag) defaults to `run_name`; `seq_len` is `images.seq_len` when the stage's image
+    settings are given; the rest is described by TrainJob's fields."""
+    if images is None and seq_len is None:
+        raise ValueError("fit_stage needs the stage's seq_len or its image settings (images)")
     job = TrainJob(
         stage_name=stage_name,
         stage=stage,
         model=model_config(model_cfg),
         tokenizer_dir=tokenizer_dir,
-        seq_len=seq_len,
+        seq_len=images.seq_len if images is not None else seq_len,
+        images=images,
         label=label,
         init_checkpoint=init_checkpoint,
         metrics_path=metrics_path,

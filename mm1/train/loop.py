@@ -55,10 +55,11 @@ from mm1.train.schedule import build_optimizer, build_scheduler, choose_lr, sync
 from mm1.train.step import train_step
 
 
-def _build_model(job: TrainJob, checkpoint_dir: Path | None):
+def _build_model(job: TrainJob, checkpoint_dir: Path | None, rank: int = 0):
     """Weights come from (in order): this run's checkpoint, the stage's init checkpoint, or random init. A
     LoRA stage always starts from the stage's starting weights: its checkpoints' trainable tensors are loaded
-    onto them after the adapters are added (`model/` of its checkpoints is merged, not a base to adapt)."""
+    onto them after the adapters are added (`model/` of its checkpoints is merged, not a base to adapt).
+    The model then runs at the stage's image settings (a no-op when the weights already do)."""
     from mm1.model import MM1ForConditionalGeneration, MM1Processor
 
     if checkpoint_dir is not None and not lora_enabled(job.stage.lora):
@@ -66,8 +67,40 @@ def _build_model(job: TrainJob, checkpoint_dir: Path | None):
     elif job.init_checkpoint:  # the previous stage's checkpoint, wherever storage keeps it
         source = Path(storage.local_copy(job.init_checkpoint))
     else:
-        return random_init_model(job.model, job.tokenizer_dir)
-    return MM1ForConditionalGeneration.from_pretrained(source), MM1Processor.from_pretrained(source)
+        source = None
+    if source is None:
+        model, processor = random_init_model(job.model, job.tokenizer_dir)
+    else:
+        model, processor = (
+            MM1ForConditionalGeneration.from_pretrained(source),
+            MM1Processor.from_pretrained(source),
+        )
+    return _at_stage_images(model, processor, job, announce=rank == 0)
+
+
+def _at_stage_images(model, processor, job: TrainJob, announce: bool = False):
+    """The model and processor switched to the stage's resolution and splitting (e.g. SFT at a higher
+    resolution than its pre-trained checkpoint): the tower interpolates its position embeddings."""
+    from mm1.model import MM1Processor
+
+    if job.images is None:
+        return model, processor
+    settings = job.images.model_settings()
+    config = model.config
+    current = {
+        "image_size": config.image_size,
+        "image_grid": config.image_grid,
+        "image_layouts": config.image_layouts,
+    }
+    if current == settings:
+        return model, processor
+    if announce:
+        say(
+            f"[{job.label}] images: {config.image_size} px, grid {config.image_grid} -> "
+            f"{settings['image_size']} px, grid {settings['image_grid']}"
+        )
+    model.set_image_settings(**settings)
+    return model, MM1Processor.from_config(model.config, processor.tokenizer)
 
 
 def random_init_model(model_cfg: ModelConfig, tokenizer_dir: str):
@@ -118,7 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     history: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         checkpoint_dir = Path(stack.enter_context(checkpoint.as_directory())) if checkpoint else None
-        model, processor = _build_model(job, checkpoint_dir)
+        model, processor = _build_model(job, checkpoint_dir, rank)
         apply_freeze(model, stage.freeze)
         n_params = non_embedding_params(model)  # of the model itself: the LR law knows no adapters
         base_digest = _add_lora(job, model, checkpoint_dir)

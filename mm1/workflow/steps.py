@@ -110,7 +110,7 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
     import ray
 
     from mm1.data.loader import build_train_dataset, packed_bytes_estimate
-    from mm1.data.preprocess import crops_per_image, image_tokens_per_image
+    from mm1.stage_images import stage_images
     from mm1.train.launch import fit_stage
 
     ingest = ctx.inputs("ingest", IngestOutputs)
@@ -141,23 +141,25 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
         # A pre-training run descends from its data (the data section's hash), SFT from its pre-training run.
         parent_key = parent.run_path if parent else stable_hash(dataclasses.asdict(wf.data))
         run_name = f"{unit}-{_lineage(stage_name, wf, parent_key)}"
+        images = stage_images(wf, stage_name)  # this stage's resolution, splitting and sequence length
         dataset = build_train_dataset(
             getattr(data, stage_name),
             tokenizer=data.tokenizer,
-            image_size=wf.model.image_size,
-            image_grid=wf.model.image_grid,
-            image_tokens_per_image=image_tokens_per_image(wf.model.connector.num_tokens, wf.model.image_grid),
-            seq_len=wf.packing.seq_len,
-            max_images=wf.packing.max_images,
+            image_size=images.size,
+            image_grid=images.grid,
+            image_layouts=images.layouts,
+            image_tokens_per_image=images.tokens_per_image,
+            seq_len=images.seq_len,
+            max_images=images.max_images,
             seed=stage.seed,
         )
         dataset.set_name(f"{wf.run_name}-{stage_name}-{unit}")  # how it reads in the Ray dashboard
         estimate = packed_bytes_estimate(
             stats.get(stage_name, {}).get("tokens", 0),
             stats.get("images", 0),
-            seq_len=wf.packing.seq_len,
-            image_size=wf.model.image_size,
-            crops=crops_per_image(wf.model.image_grid),
+            seq_len=images.seq_len,
+            image_size=images.size,
+            crops=images.crops,
         )
         materialized = should_materialize(wf.packing.materialize, estimate, store_budget)
         if materialized:
@@ -180,7 +182,7 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
             dataset=dataset,
             model_cfg=wf.model,
             tokenizer_dir=data.tokenizer,
-            seq_len=wf.packing.seq_len,
+            images=images,
             init_checkpoint=parent.last.uri if parent else None,
             metrics_path=live_metrics,
             run=wf.run_name,
