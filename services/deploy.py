@@ -12,6 +12,10 @@ its own and gated there; only when it passes is the application of the public ro
 rolling update: the previous replicas serve until the new ones are up). A failing candidate is deleted and the
 previous endpoint keeps serving, untouched. A first deploy (nothing serving under the name) is gated in place
 and deleted when it fails, so the gate costs no second model load there.
+
+A deploy that hands serving to another cluster (a KubeRay RayService, mm1.workflow.backends.KubeRay) gates the
+checkpoint here first (`gate_before_switch`): the same image's serving code serves it as a candidate on this
+cluster, the gate runs against it, and only a checkpoint that passes is written into the RayService.
 """
 
 from __future__ import annotations
@@ -183,6 +187,27 @@ def _gate(url: str, model: str, settings: ServeSettings, api_key: str | None, ap
         if isinstance(exc, ParityError):
             log(f"[deploy] parity gate failed; application {app!r} deleted: {exc}")
         raise
+
+
+def gate_before_switch(wf: Workflow, checkpoint: str, log: Log = print) -> dict | None:
+    """The parity gate for a checkpoint that another cluster will serve (a RayService): served here as a
+    candidate application by the same serving code, gated, then taken down. Raises ParityError (before
+    anything is switched) when it fails; returns the gate's figures, or None with deploy.parity_check off."""
+    deploy = wf.deploy
+    if not deploy.parity_check:
+        log("[deploy] parity gate off (deploy.parity_check=false)")
+        return None
+    from ray import serve
+
+    model = deploy.model_name or wf.name
+    settings = ServeSettings.from_deploy(deploy, checkpoint, model)
+    api_key = os.environ.get(deploy.api_key_env) if deploy.api_key_env else None
+    candidate, prefix = candidate_app(wf.name)
+    log(f"[deploy] gating {checkpoint} as {candidate!r} on this cluster before the RayService is switched")
+    url = start_app(settings, candidate, deploy.host, deploy.port, prefix, deploy.ingress)
+    parity = _gate(url, model, settings, api_key, candidate, log)  # deletes the candidate when it fails
+    serve.delete(candidate)
+    return parity
 
 
 def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -> dict:

@@ -65,12 +65,13 @@ class ChatServer:
             raise RuntimeError("the decoding thread has stopped")
 
     def decoding_stats(self) -> dict[str, int]:
-        """Decode steps so far, rows decoded over them, requests admitted and not finished (through a
-        handle: `serve.get_app_handle(app).decoding_stats.remote()`)."""
+        """Decode steps so far, rows decoded over them, requests admitted and not finished, prefill calls
+        (through a handle: `serve.get_app_handle(app).decoding_stats.remote()`)."""
         return {
             "steps": self.decoder.steps,
             "rows_decoded": self.decoder.rows_decoded,
             "live": self.decoder.live,
+            "prefills": self.decoder.prefills,
         }
 
     async def generate(self, prompt: Prompt) -> AsyncIterator[StepOutput]:

@@ -114,6 +114,7 @@ class DecodeLoop:
         self.steps = 0  # decode steps run; with `rows_decoded`, the mean batch size (metrics, tests)
         self.rows_decoded = 0
         self.live = 0  # requests admitted and not finished (queued or decoding)
+        self.prefills = 0  # prefill calls (each admits a group of requests): metrics
 
     def submit(self, prompts: Sequence[Prompt], streams: Sequence[RequestStream]) -> None:
         with self._wake:
@@ -149,6 +150,7 @@ class DecodeLoop:
                         for row in batch.rows:
                             row.tag.flush()
                     group, outputs = self.engine.prefill([p for p, _ in taken], [s for _, s in taken])
+                    self.prefills += 1
                     self._deliver(group, outputs)
                     batch = group if batch is None else batch.merge(group)
                 if batch is not None:

@@ -105,14 +105,19 @@ class KubeRay(Backend):
         submit_k8s(wf, Path(path).read_text(), follow=follow, log=log)
 
     def deploy(self, wf: Workflow, winner: dict[str, Any], out_dir: Path, log: Log = print) -> dict[str, Any]:
-        """A RayService of its own, outliving the RayJob's cluster; returns its in-cluster URL."""
+        """A RayService of its own, outliving the RayJob's cluster; returns its in-cluster URL. The parity
+        gate runs on the RayJob's cluster first (services.deploy.gate_before_switch): a checkpoint that fails
+        it never reaches the RayService, which keeps serving the previous one."""
         model = wf.deploy.model_name or wf.name
         if not wf.deploy.enabled:
             log("[deploy] disabled (deploy.enabled=false): nothing served")
             return {"url": "", "model": model, "sample": None}
         from mm1.k8s.submit import apply_service
+        from services.deploy import gate_before_switch
 
-        return {"url": apply_service(wf, winner["checkpoint"], log=log), "model": model, "sample": None}
+        parity = gate_before_switch(wf, str(winner["checkpoint"]), log)
+        url = apply_service(wf, winner["checkpoint"], log=log)
+        return {"url": url, "model": model, "sample": None, "parity": parity}
 
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (LocalRay, RayJobs, KubeRay)}

@@ -135,3 +135,43 @@ def test_disabled_deploy_serves_nothing(tmp_path):
     wf = loads(WORKFLOW.format(host=SERVE_HOST, port=8000) + "  enabled: false\n")
     endpoint = deploy_winner(wf, {"checkpoint": "/nonexistent"}, tmp_path, log=lambda _: None)
     assert endpoint == {"url": "", "model": "shapes-tiny", "sample": None}
+
+
+def test_a_rayservice_is_switched_only_to_a_checkpoint_that_passed_the_gate(
+    deployed, tiny_checkpoint, tmp_path, monkeypatch
+):
+    """On Kubernetes the deploy step gates the winner on the RayJob's own cluster before it writes the
+    checkpoint into the RayService. The Kubernetes API cannot exist here: `apply_service` is replaced by a
+    recorder (the RayService it would apply is validated against KubeRay's CRD in tests/k8s)."""
+    from ray import serve
+
+    import mm1.k8s.submit
+    from mm1.workflow.backends import KubeRay
+    from services import parity
+    from services.deploy import candidate_app
+
+    _, _, _, port = deployed
+    applied: list[str] = []
+    monkeypatch.setattr(
+        mm1.k8s.submit,
+        "apply_service",
+        lambda wf, checkpoint, log: applied.append(checkpoint) or "http://svc",
+    )
+    wf = loads(WORKFLOW.format(host=SERVE_HOST, port=port))
+    lines: list[str] = []
+    result = KubeRay().deploy(wf, {"checkpoint": tiny_checkpoint}, tmp_path, log=lines.append)
+    assert applied == [tiny_checkpoint] and result["url"] == "http://svc"
+    assert result["parity"]["tokens"] > 0 and any("before the RayService is switched" in x for x in lines)
+    assert candidate_app("deploy-test")[0] not in serve.status().applications  # taken down after the gate
+
+    loaded = parity.Reference.__init__
+
+    def skewed(self, *args, **kwargs):
+        loaded(self, *args, **kwargs)
+        self.processor.image_mean = (0.0, 0.0, 0.0)
+
+    monkeypatch.setattr(parity.Reference, "__init__", skewed)
+    with pytest.raises(parity.ParityError, match="train-serve parity"):
+        KubeRay().deploy(wf, {"checkpoint": tiny_checkpoint}, tmp_path, log=lines.append)
+    assert applied == [tiny_checkpoint]  # the failing checkpoint never reached the RayService
+    assert candidate_app("deploy-test")[0] not in serve.status().applications

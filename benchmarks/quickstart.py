@@ -1,0 +1,134 @@
+"""The quick start as a new user meets it: `mm1 run workflows/quickstart.yaml` from a fresh run folder.
+
+Runs the command as a subprocess (its console passes through) and prints:
+- wall time from the start of the command to a healthy endpoint (the deploy step's "[deploy] healthy" line)
+  and to its end;
+- each step's wall time (from its manifest);
+- per training stage: mean tokens/s and CPU MFU over the logged steps after the first (the first includes
+  start-up), MFU against the peak the training loop measured (mm1.train.mfu);
+- the winner's held-out scores per Shapes question type beside each type's majority baseline (the kind splits
+  count_kind.present/uniform and exists.present/uniform included), and the mean of colour_of, shape_of,
+  exists and count_all (issue 18's target: 0.85 or more, every type above its baseline).
+
+    .venv/bin/python benchmarks/quickstart.py [--workflow workflows/quickstart.yaml] [KEY=VALUE ...]
+
+The endpoint is taken down at the end (deploy.keep_serving=false) on a free port; the run folder is a fresh
+temporary one unless --root names one (then finished steps are skipped, as for any rerun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mm1.config import load  # noqa: E402
+from mm1.workflow.steps import STEP_NAMES  # noqa: E402
+
+TARGET_TYPES = ("colour_of", "shape_of", "exists", "count_all")
+HEALTHY = "[deploy] healthy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(workflow: Path, root: str, overrides: list[str]) -> tuple[float, float | None, int]:
+    """(wall seconds, seconds to a healthy endpoint or None, exit code); the console passes through."""
+    command = [sys.executable, "-m", "mm1.cli", "run", str(workflow), f"storage.root={root}", *overrides]
+    started = time.perf_counter()
+    healthy = None
+    with subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            if healthy is None and HEALTHY in line:
+                healthy = time.perf_counter() - started
+        code = proc.wait()
+    return time.perf_counter() - started, healthy, code
+
+
+def training_figures(manifest: dict) -> tuple[float | None, float | None, int]:
+    """Mean tokens/s and MFU over the logged steps after each run's first; the number of steps averaged."""
+    tokens, mfus = [], []
+    for entry in manifest["outputs"]["runs"].values():
+        rows = [json.loads(line) for line in Path(entry["metrics"]).read_text().splitlines() if line]
+        for row in rows[1:]:
+            if row.get("tokens_per_s") is not None:
+                tokens.append(row["tokens_per_s"])
+            if row.get("mfu") is not None:
+                mfus.append(row["mfu"])
+    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
+    return mean(tokens), mean(mfus), len(tokens)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workflow", type=Path, default=ROOT / "workflows" / "quickstart.yaml")
+    parser.add_argument("--root", help="run folder root (default: a fresh temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, as for mm1 run")
+    args = parser.parse_args()
+    root = args.root or tempfile.mkdtemp(prefix="mm1-bench-quickstart-")
+    overrides = [f"deploy.port={free_port()}", "deploy.keep_serving=false", *args.overrides]
+    wf = load(args.workflow, [f"storage.root={root}", *overrides])
+    wall, healthy, code = run(args.workflow, root, overrides)
+    if code:
+        raise SystemExit(f"mm1 run failed (exit {code}); the run folder is {root}/{wf.run_name}")
+    run_dir = Path(root) / wf.run_name
+    manifests = {
+        step: json.loads((run_dir / step / "manifest.json").read_text())
+        for step in STEP_NAMES
+        if (run_dir / step / "manifest.json").exists()
+    }
+
+    print(f"\n== {args.workflow.name} on a fresh run folder ({run_dir})")
+    print(f"wall to a healthy endpoint: {healthy:.1f} s" if healthy else "no healthy endpoint (deploy off?)")
+    print(f"wall to the end of the command: {wall:.1f} s")
+    print("\nstep       seconds")
+    for step, manifest in manifests.items():
+        print(f"{step:<10} {manifest['duration_s']:>7.1f}")
+    print("\nstage      tokens/s   CPU MFU   (mean over logged steps after the first)")
+    for stage in ("pretrain", "sft"):
+        if stage in manifests and manifests[stage]["outputs"].get("runs"):
+            tokens, mfu, n = training_figures(manifests[stage])
+            mfu_text = f"{100 * mfu:6.2f}%" if mfu is not None else "   n/a"
+            print(f"{stage:<10} {tokens or 0:>8.0f}   {mfu_text}   ({n} steps)")
+
+    if "evaluate" not in manifests or "select" not in manifests:
+        return
+    evaluation = manifests["evaluate"]["outputs"]
+    winner = manifests["select"]["outputs"]["winner"]
+    (row,) = [
+        r
+        for r in evaluation["results"]
+        if r["candidate"] == winner["candidate"] and r["checkpoint"] == winner["checkpoint"]
+    ]
+    baselines = evaluation["baseline"]["metrics"]
+    print(f"\nwinner {winner['candidate']} (step {row['step']}): held-out score vs majority baseline")
+    print(f"{'type':<26} {'score':>6} {'baseline':>9}")
+    for key in sorted(k for k in row["metrics"] if k.startswith("shapes-vqa/")):
+        base = baselines.get(key)
+        base_text = f"{base:>9.3f}" if base is not None else f"{'':>9}"
+        flag = "" if base is None or row["metrics"][key] > base else "   <= baseline"
+        print(f"{key.removeprefix('shapes-vqa/'):<26} {row['metrics'][key]:>6.3f} {base_text}{flag}")
+    targets = [row["metrics"].get(f"shapes-vqa/{t}") for t in TARGET_TYPES]
+    if all(v is not None for v in targets):
+        print(f"mean of {', '.join(TARGET_TYPES)}: {statistics.fmean(targets):.3f} (target 0.85)")
+    print(f"evaluation: {evaluation.get('seconds', 0):.1f} s")
+
+
+if __name__ == "__main__":
+    main()
