@@ -66,7 +66,9 @@ def model_info(preset: str | MM1Config, seq_len: int = 4096) -> dict[str, Any]:
     vision_params, connector_params = _count(model.vision_tower), _count(model.connector)
     llm_non_embedding = _count(llm) - embedding
     inactive = sum(
-        (len(m.experts) - m.top_k) * _count(m.experts[0]) for m in llm.modules() if isinstance(m, SparseMoE)
+        (m.num_experts - m.top_k) * m.experts.expert_params()
+        for m in llm.modules()
+        if isinstance(m, SparseMoE)
     )
     llm_active = llm_non_embedding - inactive
 

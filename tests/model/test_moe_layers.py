@@ -28,7 +28,7 @@ def test_moe_layers_sit_every_mth_layer(tokenizer):
     model = make_model(tokenizer, overrides={"moe_num_experts": 8, "moe_every": 2})
     layers = model.language_model.model.layers
     assert [isinstance(layer.mlp, SparseMoE) for layer in layers] == [False, True, False, True]
-    assert len(layers[1].mlp.experts) == 8 and layers[1].mlp.top_k == 2
+    assert layers[1].mlp.experts.gate_proj.weight.shape[0] == 8 and layers[1].mlp.top_k == 2
 
 
 def test_upcycled_experts_start_as_the_dense_ffn(tokenizer, processor):

@@ -162,8 +162,8 @@ def test_build_from_pretrained_vision_and_llm_paths(tokenizer, tmp_path):
     # MoE on a pretrained LLM: every expert starts as a copy of the pretrained FFN.
     moe = model.language_model.model.layers[1].mlp
     assert isinstance(moe, SparseMoE) and model.config.moe_num_experts == 4
-    for expert in moe.experts:
-        assert torch.equal(expert.up_proj.weight, llm.model.layers[1].mlp.up_proj.weight)
+    for weight in moe.experts.up_proj.weight:  # stacked [num_experts, out, in]
+        assert torch.equal(weight, llm.model.layers[1].mlp.up_proj.weight)
 
 
 def test_vision_half_of_a_full_clip_checkpoint(tokenizer, tmp_path):
