@@ -97,6 +97,11 @@ def check_stage(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> 
         )
     if stage.strategy == "fsdp" and not stage.use_gpu:
         fail(f"{stage_name}.strategy", "fsdp needs use_gpu: true; use ddp on CPU")
+    if stage.cpu_offload and stage.strategy != "fsdp":
+        fail(
+            f"{stage_name}.cpu_offload",
+            f"needs strategy: fsdp (FSDP2's CPU offload of the sharded states), got strategy: {stage.strategy}",
+        )
 
 
 def check_lora(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> None:

@@ -18,10 +18,11 @@ import yaml
 from mm1.errors import UserFacingError
 
 
-def choice(default: str, *options: str) -> Any:
-    """A string field restricted to `options`, checked by SchemaChecker with a did-you-mean."""
+def choice(default: str, *options: str, hint: str = "") -> Any:
+    """A string field restricted to `options`, checked by SchemaChecker with a did-you-mean; `hint` is added
+    to the error for a value that is not a string (e.g. the old spelling of a key that was a bool)."""
     assert default in options
-    return dataclasses.field(default=default, metadata={"choices": options})
+    return dataclasses.field(default=default, metadata={"choices": options, "hint": hint})
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -133,9 +134,16 @@ class SchemaChecker:
             float: isinstance(value, (int, float)) and not isinstance(value, bool),
             str: isinstance(value, str),
         }.get(hint, True)
+        choices = (metadata or {}).get("choices")
+        if not ok and choices:
+            extra = (metadata or {}).get("hint")
+            self.fail(
+                path,
+                f"must be one of: {', '.join(choices)}; got {_describe(value)}"
+                + (f" ({extra})" if extra else ""),
+            )
         if not ok:
             self.fail(path, f"must be {_type_name(hint)}, got {_describe(value)}")
-        choices = (metadata or {}).get("choices")
         if choices and value not in choices:
             options = ", ".join(choices)
             self.fail(

@@ -160,7 +160,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lr, weight_decay, lr_why = choose_lr(stage.lr, stage.weight_decay, n_params)
         flops = flops_model(model.config, job.seq_len)
         crops = model.config.sub_images_per_image
-        model = wrap_model(model, stage.strategy, stage.precision, device, stage.activation_checkpointing)
+        model = wrap_model(
+            model,
+            stage.strategy,
+            stage.precision,
+            device,
+            activation_checkpointing=stage.activation_checkpointing,
+            compile=stage.compile,
+            cpu_offload=stage.cpu_offload,
+        )
         optimizer = build_optimizer(model, lr, weight_decay)  # after wrapping: FSDP2 swaps the parameters
         scheduler = build_scheduler(optimizer, stage.warmup_steps, stage.steps, stage.min_lr_ratio)
         if checkpoint_dir is not None:

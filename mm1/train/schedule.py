@@ -14,6 +14,7 @@ import torch
 
 WD_OVER_LR = 0.1  # MM1: lambda = 0.1 x peak lr
 BETAS = (0.9, 0.95)
+FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel that we train on
 
 
 def scaling_law_lr(non_embedding_params: int) -> float:
@@ -56,8 +57,18 @@ def no_decay(name: str, param: torch.Tensor) -> bool:
     return param.ndim < 2 or "embed" in name
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; `weight_decay` is MM1's decoupled lambda (see the module doc)."""
+def fused_supported(params: list[torch.Tensor]) -> bool:
+    """torch's fused AdamW (one kernel for every parameter's update) exists for CUDA and, since torch 2.4,
+    for CPU; it needs floating-point parameters (sharded DTensors included) on one of those devices."""
+    return all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+
+
+def build_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; `weight_decay` is MM1's decoupled lambda (see the module doc).
+    Fused where the parameters' device supports it (`fused=None`); the same update as the unfused
+    (foreach) one up to rounding."""
     decay, keep = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -66,7 +77,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
         {"params": decay, "weight_decay": weight_decay / lr if lr > 0 else 0.0},
         {"params": keep, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=1e-8)
+    if fused is None:
+        fused = fused_supported(decay + keep)
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=1e-8, fused=fused)
 
 
 def build_scheduler(

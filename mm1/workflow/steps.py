@@ -31,8 +31,18 @@ from mm1.workflow.sweep import Candidate, candidates
 if TYPE_CHECKING:
     from mm1.eval.run_summary import RunSummary
 
-# Settings that do not change what a training run computes: changing them continues the same run.
-_CONTINUABLE = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "max_failures")
+# Settings that do not change what a training run computes: changing them continues the same run (the last
+# three change how it is computed, not what, up to rounding).
+_CONTINUABLE = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "max_failures",
+    "activation_checkpointing",
+    "compile",
+    "cpu_offload",
+)
 
 
 # ------------------------------------------------------------------------------------------------ ingest

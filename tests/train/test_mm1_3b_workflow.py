@@ -43,6 +43,9 @@ def test_pretraining_schedule(wf):
     assert (p.precision, p.strategy, p.use_gpu) == ("bf16", "fsdp", True)
     s = wf.sft
     assert (s.steps, s.batch_size, s.lr, s.freeze) == (10_000, 256, 1e-5, [])
+    # per-block compile on both; recompute every 2nd block at 378 px, every block at 672 px x 5 crops
+    assert (p.activation_checkpointing, p.compile, p.cpu_offload) == ("selective", True, False)
+    assert (s.activation_checkpointing, s.compile, s.cpu_offload) == ("full", True, False)
 
 
 def test_the_cluster_has_a_gpu_per_worker(wf):

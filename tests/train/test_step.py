@@ -67,7 +67,7 @@ def test_activation_checkpointing_gives_the_same_step(tokenizer):
     from mm1.train.parallel import wrap_model
 
     plain = wrap_model(make_model(tokenizer), "ddp", "fp32", CPU)
-    recomputed = wrap_model(make_model(tokenizer), "ddp", "fp32", CPU, activation_checkpointing=True)
+    recomputed = wrap_model(make_model(tokenizer), "ddp", "fp32", CPU, activation_checkpointing="full")
     assert recomputed.is_activation_checkpointing
     micro = _batches(plain, [5, 6])
     for model in (plain, recomputed):
