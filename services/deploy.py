@@ -189,25 +189,43 @@ def _gate(url: str, model: str, settings: ServeSettings, api_key: str | None, ap
         raise
 
 
+def _serve_running() -> bool:
+    from ray import serve
+
+    try:
+        serve.status()
+        return True
+    except Exception:  # Serve not started on this Ray
+        return False
+
+
 def gate_before_switch(wf: Workflow, checkpoint: str, log: Log = print) -> dict | None:
     """The parity gate for a checkpoint that another cluster will serve (a RayService): served here as a
-    candidate application by the same serving code, gated, then taken down. Raises ParityError (before
-    anything is switched) when it fails; returns the gate's figures, or None with deploy.parity_check off."""
+    candidate application by the same serving code, gated, then taken down (and Serve with it, when it was
+    not running before), pass or fail. Raises (ParityError, or the candidate's start-up error) before anything
+    is switched; returns the gate's figures, or None with deploy.parity_check off."""
     deploy = wf.deploy
     if not deploy.parity_check:
         log("[deploy] parity gate off (deploy.parity_check=false)")
         return None
+    import ray
     from ray import serve
 
     model = deploy.model_name or wf.name
     settings = ServeSettings.from_deploy(deploy, checkpoint, model)
     api_key = os.environ.get(deploy.api_key_env) if deploy.api_key_env else None
     candidate, prefix = candidate_app(wf.name)
+    serve_was_running = ray.is_initialized() and _serve_running()
     log(f"[deploy] gating {checkpoint} as {candidate!r} on this cluster before the RayService is switched")
-    url = start_app(settings, candidate, deploy.host, deploy.port, prefix, deploy.ingress)
-    parity = _gate(url, model, settings, api_key, candidate, log)  # deletes the candidate when it fails
-    serve.delete(candidate)
-    return parity
+    try:
+        url = start_app(settings, candidate, deploy.host, deploy.port, prefix, deploy.ingress)
+        return _gate(url, model, settings, api_key, candidate, log)
+    finally:
+        if serve_was_running:
+            if candidate in serve.status().applications:
+                serve.delete(candidate)
+        else:
+            serve.shutdown()  # leave this cluster as it was: no Serve holding the port
 
 
 def deploy_winner(wf: Workflow, winner: dict, out_dir: Path, log: Log = print) -> dict:

@@ -63,7 +63,12 @@ def test_reduced_run_from_pretrained_backbones_with_high_resolution_sft(
     assert wf.model.image_size is None  # the file names none: the tower's own
     logs: list[str] = []
     started = time.perf_counter()
-    manifests = run_local(wf, log=logs.append)
+    try:
+        manifests = run_local(wf, log=logs.append)
+    finally:
+        from ray import serve
+
+        serve.shutdown()  # the session's Ray is shared: later tests start Serve on ports of their own
     wall = time.perf_counter() - started
     assert set(manifests) == {"ingest", "pretrain", "sft", "evaluate", "select", "deploy", "report"}
 

@@ -24,7 +24,9 @@ def test_deploy_step_on_k8s_applies_a_rayservice(api_server, monkeypatch, tmp_pa
     monkeypatch.setattr(
         submit, "apply_service", functools.partial(submit.apply_service, api_client=api_client, poll_s=0.01)
     )
-    wf, _ = make_workflow()
+    # The gate before the switch needs the winner served on this Ray (tests/services/test_deploy.py covers
+    # it); this test is about the RayService the step applies.
+    wf, _ = make_workflow(overrides=("deploy.parity_check=false",))
     assert wf.cluster.backend == "k8s"
 
     def become_ready():
@@ -48,7 +50,12 @@ def test_deploy_step_on_k8s_applies_a_rayservice(api_server, monkeypatch, tmp_pa
     assert (write.method, write.path) == ("PATCH", SERVICE_PATH)
     assert write.body == render_service(wf, WINNER)
     url = "http://mm1-test-serve-serve-svc.ml.svc.cluster.local:8000"
-    assert result.outputs == {"url": url, "model": wf.deploy.model_name or wf.name, "sample": None}
+    assert result.outputs == {
+        "url": url,
+        "model": wf.deploy.model_name or wf.name,
+        "sample": None,
+        "parity": None,
+    }
     assert result.headline == {"endpoint": url}
     assert lines[-1] == "RayService ml/mm1-test-serve is ready"  # the step's log, not stdout
 
