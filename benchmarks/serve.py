@@ -297,13 +297,21 @@ async def closed_loop(
     *,
     requests: int = 0,
     seconds: float = 0.0,
+    streamed: bool = True,
 ) -> tuple[list[RequestResult], float]:
-    """`concurrency` clients; stop after `requests` in total, or after `seconds`."""
+    """`concurrency` clients; stop after `requests` in total, or after `seconds`. `streamed=False` sends
+    `stream: false` requests (one response each; only end-to-end latency is observable)."""
+
+    async def request(client: httpx.AsyncClient) -> RequestResult:
+        if streamed:
+            return await one_request(client, url, body, expected_tokens)
+        return await plain_request(client, url, body, expected_tokens or 0)
+
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
         # Warm-up: every connection once, not measured.
-        await asyncio.gather(*(one_request(client, url, body, expected_tokens) for _ in range(concurrency)))
+        await asyncio.gather(*(request(client) for _ in range(concurrency)))
         started = time.perf_counter()
         deadline = started + seconds
         remaining = [requests]
@@ -317,7 +325,7 @@ async def closed_loop(
                     if remaining[0] <= 0:
                         return
                     remaining[0] -= 1
-                results.append(await one_request(client, url, body, expected_tokens))
+                results.append(await request(client))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return results, time.perf_counter() - started
@@ -359,17 +367,21 @@ async def paired_single_requests(
 
 def paired_batched(
     url: str, body: dict, c: int, n: int, rounds: int, max_tokens: int, model, processor, png: bytes
-) -> tuple[list[RunMetrics], list[RunMetrics]]:
+) -> tuple[list[RunMetrics], list[RunMetrics], list[RunMetrics]]:
     """Concurrency c > 1, alternating: bare batched generate calls of c prompts (n requests' worth), then the
-    endpoint's closed loop of n requests, `rounds` times. Both sides run with Ray and the ingress up and see
-    the same drifting background load; the first bare call of a round is a warm-up, as the closed loop's first
-    request per connection is."""
-    bare_runs, endpoint_runs = [], []
+    endpoint's closed loop of n streamed requests, then of n non-streamed ones, `rounds` times. Every side runs
+    with Ray and the ingress up and sees the same drifting background load; the first bare call of a round is a
+    warm-up, as the closed loop's first request per connection is. The clients share the machine's cores with
+    the replica: a streamed answer costs them (and the ingress) a chunk every `stream_interval_s`, a
+    non-streamed one a single response."""
+    bare_runs, streamed_runs, plain_runs = [], [], []
     for _ in range(rounds):
         bare_runs.append(run_bare_batched(model, processor, png, c, max(2, n // c), max_tokens))
         results, duration = asyncio.run(closed_loop(url, body, c, max_tokens, requests=n))
-        endpoint_runs.append(RunMetrics("endpoint batched", c, results, duration))
-    return bare_runs, endpoint_runs
+        streamed_runs.append(RunMetrics("endpoint batched", c, results, duration))
+        results, duration = asyncio.run(closed_loop(url, body, c, max_tokens, requests=n, streamed=False))
+        plain_runs.append(RunMetrics("endpoint batched, not streamed", c, results, duration))
+    return bare_runs, streamed_runs, plain_runs
 
 
 def pooled(label: str, runs: list[RunMetrics]) -> RunMetrics:
@@ -538,7 +550,8 @@ def main() -> None:
         return args.requests or max(4 * c, 40)
 
     rows: list[dict] = []
-    pair_ratios: dict[int, list[float]] = {}  # c -> endpoint / bare request throughput, per pair
+    # (c, streamed or not) -> endpoint / bare request throughput, per pair
+    pair_ratios: dict[tuple[int, str], list[float]] = {}
     constrained: dict[int, dict] = {}
     ingress = prepare_local_ray(args.ingress)  # before Ray starts: every Ray process reads it at start-up
     print(f"Serve ingress: {ingress}")
@@ -562,15 +575,17 @@ def main() -> None:
                 rows.append(as_run(f"{label} (mbs {batch})", runs["stream"]).summary())
                 continue
             if batch > 1:
-                bare_runs, endpoint_runs = paired_batched(
+                bare_runs, endpoint_runs, plain_runs = paired_batched(
                     url, body, c, n_requests(c), args.rounds, args.max_tokens, model, processor, png
                 )
-                pair_ratios[c] = [
-                    e.summary()["request_throughput"] / b.summary()["request_throughput"]
-                    for b, e in zip(bare_runs, endpoint_runs, strict=True)
-                ]
+                for key, runs in (("streamed", endpoint_runs), ("not streamed", plain_runs)):
+                    pair_ratios[(c, key)] = [
+                        e.summary()["request_throughput"] / b.summary()["request_throughput"]
+                        for b, e in zip(bare_runs, runs, strict=True)
+                    ]
                 rows.append(pooled("bare generate", bare_runs).summary())
                 rows.append(pooled(f"{label} (mbs {batch})", endpoint_runs).summary())
+                rows.append(pooled(f"{label}, not streamed (mbs {batch})", plain_runs).summary())
                 continue
             results, duration = asyncio.run(
                 closed_loop(url, body, c, args.max_tokens, requests=n_requests(c))
@@ -627,12 +642,12 @@ def main() -> None:
         print(
             f"c={top}: request throughput batched / unbatched = {gain:.2f}x (target >= 3: {'met' if gain >= 3 else 'NOT met'})"
         )
-    for c, shares in sorted(pair_ratios.items()):
+    for (c, kind), shares in sorted(pair_ratios.items()):
         share = float(np.median(shares))
-        ratios[f"c={c} batched / bare batched generate request throughput"] = share
+        ratios[f"c={c} batched {kind} / bare batched generate request throughput"] = share
         verdict = "met" if share >= BATCHED_TARGET else "NOT met"
         print(
-            f"c={c}: the batched endpoint delivers {share:.0%} of one bare batched generate call's request "
+            f"c={c}, {kind}: the batched endpoint delivers {share:.0%} of one bare batched generate call's request "
             f"throughput (median of {len(shares)} pairs: {', '.join(f'{x:.0%}' for x in shares)}; "
             f"target >= {BATCHED_TARGET:.0%}: {verdict})"
         )
@@ -662,7 +677,7 @@ def main() -> None:
         "rows": rows,
         "ratios": ratios,
         "load": load_report,
-        "pair_ratios": {str(c): v for c, v in pair_ratios.items()},
+        "pair_ratios": {f"c={c} {kind}": v for (c, kind), v in pair_ratios.items()},
         "constrained": {str(c): v for c, v in constrained.items()},
         "loadavg_after": os.getloadavg(),
     }

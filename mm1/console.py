@@ -192,6 +192,10 @@ class Console:
         sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, errors="replace")
 
     def _quiet_ray_loggers(self) -> None:
+        try:  # Ray Data adds its console handler when first imported: import it now, so it is quieted too
+            import ray.data  # noqa: F401
+        except ImportError:
+            pass
         logging.getLogger("ray").setLevel(
             logging.INFO
         )  # what ray.init(logging_level=...) raised: the file gets INFO

@@ -182,7 +182,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank:  # per-worker randomness from here on, reproducible across resumes
         torch.manual_seed(stage.seed + 1000 * rank + step)
     if rank == 0:
-        resumed = f"resumed at step {step}" if step else "from scratch"
+        if step:
+            resumed = f"resumed at step {step}"
+        elif job.init_checkpoint:  # step 0 of a stage that continues another one (SFT after pre-training)
+            resumed = f"starting from {job.init_checkpoint}"
+        else:
+            resumed = "from scratch (random init)"
         say(f"[{job.label}] {resumed}; {lr_why}; trainable parameters {_trainable_line(trainable)}")
 
     peak = device_peak_flops(device, stage.precision)
