@@ -28,8 +28,8 @@ from typing import Any, Protocol, TypeVar
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from mm1.model.kv_cache import appendable, growing_cache, make_growing
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import MM1Processor
 
@@ -137,7 +137,7 @@ class Batch:
     merged: list[int] = field(default_factory=list)  # sizes of the merges so far (for tests and metrics)
 
     def mergeable(self) -> bool:
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return all(appendable(layer) for layer in self.cache.layers)
 
     def merge(self, other: Batch) -> Batch:
         """This batch and `other` as one: both left-padded to the longer cache, rows concatenated."""
@@ -157,9 +157,7 @@ class Batch:
             for a, b in zip(self.cache.layers, other.cache.layers, strict=True)
         ]
         mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
-        return Batch(
-            self.rows + other.rows, DynamicCache(ddp_cache_data=layers), mask, self.merged + [len(other.rows)]
-        )
+        return Batch(self.rows + other.rows, growing_cache(layers), mask, self.merged + [len(other.rows)])
 
     @property
     def live(self) -> int:
@@ -187,7 +185,7 @@ class Batch:
         layers = [
             (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
         ]
-        self.cache = DynamicCache(ddp_cache_data=layers)
+        self.cache = growing_cache(layers)
 
 
 def suppress(logits: torch.Tensor, rows: Sequence[Row]) -> None:
@@ -291,7 +289,7 @@ class Decoder:
         for prompt, row in zip(prompts, rows, strict=True):
             row.position = len(prompt.input_ids)
             row.budget = min(row.max_tokens, self.context_length - len(prompt.input_ids))
-        batch = Batch(list(rows), out.cache, mask.to(self.device))
+        batch = Batch(list(rows), make_growing(out.cache), mask.to(self.device))
         return batch, self._advance(batch.rows, out.logits[:, -1, :])
 
     @torch.inference_mode()

@@ -43,6 +43,7 @@ deploy:
     assert s.torch_device == "cuda"
     options = deployment_options(s)
     assert options["ray_actor_options"]["num_gpus"] == 0.5
+    assert "runtime_env" not in options["ray_actor_options"]
     assert options["autoscaling_config"] == {
         "min_replicas": 1,
         "max_replicas": 3,
@@ -57,6 +58,8 @@ def test_cpu_replicas_ask_for_no_gpu():
     assert options["num_replicas"] == 2
     assert "num_gpus" not in options["ray_actor_options"]
     assert ServeSettings(checkpoint="/ck").torch_device == "cpu"
+    # OpenMP threads that sleep while they wait: they share the cores with the replica's event loop
+    assert options["ray_actor_options"]["runtime_env"] == {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
 def test_the_builder_passes_a_digest_of_the_api_key_never_the_key(monkeypatch):
