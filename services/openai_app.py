@@ -97,9 +97,9 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         actor_options["num_gpus"] = settings.gpus_per_replica
     else:
         # A CPU replica's torch threads share the cores with its own HTTP event loop (and, on a laptop, the
-        # clients): OpenMP threads that spin while they wait take that CPU from them. Sleeping instead raised
-        # the c=32 streamed throughput from 80% to 88% of bare batched generate on 2 cores (benchmarks/serve.py).
-        # It must be in the environment before torch loads OpenMP, hence the runtime_env.
+        # clients): OpenMP threads that spin while they wait take that CPU from them. With them sleeping, c=32
+        # streamed measured 83% of bare batched generate on 2 cores (median of 5 pairs; 78-80% in 3-pair runs
+        # without; benchmarks/serve.py). It must be in the environment before torch loads OpenMP: runtime_env.
         actor_options["runtime_env"] = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}
     options: dict[str, Any] = {
         "max_ongoing_requests": settings.replica_ongoing_requests,
