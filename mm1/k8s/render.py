@@ -174,6 +174,7 @@ def serve_config(wf: Workflow, checkpoint_uri: str, deployment_name: str | None 
     deploy step builds), which carry replicas, autoscaling and GPUs per replica for `build_app` to apply.
     With `deployment_name`, the same sizing is also written as a Serve-level override of that deployment.
     """
+    from services.openai_app import deployment_options
     from services.settings import ServeSettings
 
     deploy = wf.deploy
@@ -190,7 +191,11 @@ def serve_config(wf: Workflow, checkpoint_uri: str, deployment_name: str | None 
             deployment["autoscaling_config"] = settings.autoscaling_config
         else:
             deployment["num_replicas"] = settings.num_replicas
-        deployment["ray_actor_options"] = {"num_gpus": settings.gpus_per_replica}
+        # Serve replaces the code's ray_actor_options with this one whole: keep what build_app sets (a CPU
+        # replica's runtime_env) beside the GPU count.
+        actor_options = {"num_gpus": settings.gpus_per_replica}
+        actor_options.update(deployment_options(settings)["ray_actor_options"])
+        deployment["ray_actor_options"] = actor_options
         app["deployments"] = [deployment]
     # Inside a pod Serve must listen on all interfaces; deploy.host is for the laptop case.
     return {"http_options": {"host": "0.0.0.0", "port": deploy.port}, "applications": [app]}

@@ -281,7 +281,8 @@ def test_service_args_are_what_build_app_accepts(gpu_workflow):
 def test_explicit_deployment_override_sizes_that_deployment(cpu_workflow):
     wf, _ = cpu_workflow
     fixed = serve_config(wf, "/c", deployment_name="Chat")["applications"][0]["deployments"]
-    assert fixed == [{"name": "Chat", "num_replicas": 1, "ray_actor_options": {"num_gpus": 0}}]
+    cpu_actor = {"num_gpus": 0, "runtime_env": {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+    assert fixed == [{"name": "Chat", "num_replicas": 1, "ray_actor_options": cpu_actor}]
     scaled, _ = make_workflow(deploy="  autoscaling: {min_replicas: 2, max_replicas: 5}")
     deployment = serve_config(scaled, "/c", deployment_name="Chat")["applications"][0]["deployments"][0]
     assert "num_replicas" not in deployment
