@@ -299,7 +299,6 @@ def evaluate_candidates(
     }
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
     print_tables(results, baseline_metrics, benchmarks, spec.select.metric, spec.select.mode, log)
-    log(f"[evaluate] done in {summary['seconds']:.1f}s")
     metric = spec.select.metric
     values = [r["metrics"].get(metric, math.nan) for r in results]
     finite = [v for v in values if not math.isnan(v)]
