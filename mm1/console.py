@@ -10,6 +10,7 @@ console too with `--verbose`). Ray's own driver-side INFO logs go to the same fi
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -192,10 +193,20 @@ class Console:
         sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, errors="replace")
 
     def _quiet_ray_loggers(self) -> None:
-        try:  # Ray Data adds its console handler when first imported: import it now, so it is quieted too
-            import ray.data  # noqa: F401
-        except ImportError:
-            pass
+        # Ray Data and Serve add their console handlers when first imported (Serve's replaces any handler
+        # already there): import them now, so they are quieted too.
+        for module in ("ray.data", "ray.serve"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+        if not self.verbose:  # transformers' "Loading weights" bars (the deploy step's parity gate)
+            try:
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()
+            except ImportError:
+                pass
         logging.getLogger("ray").setLevel(
             logging.INFO
         )  # what ray.init(logging_level=...) raised: the file gets INFO
