@@ -64,8 +64,8 @@ def test_a_healthy_run_on_a_terminal_reads_cleanly(tmp_path):
     errors = [line for line in lines if "ERROR" in line or re.search(r"\d E \d", line) or "Traceback" in line]
     assert not errors, errors
     assert not [line for line in lines if "TrainingReport" in line or "core_worker.cc" in line]
-    # Ray's own INFO logs (Ray Data's execution plans and progress, Serve's "Started Serve ..." included) and
-    # transformers' weight-loading bars go to the file, not the screen.
+    # Ray's own INFO logs (Ray Data's execution plans and progress, Serve's "Started Serve ..." included) go to
+    # the file, not the screen; transformers' weight-loading bars are off.
     assert not [line for line in lines if re.search(r"\bINFO\b.* -- ", line)]
     assert not [line for line in lines if "Loading weights" in line]
     summary = "\n".join(lines[-20:])
