@@ -155,3 +155,26 @@ def check_evaluation(wf: Workflow, checker: SchemaChecker) -> None:
             f"'{wf.select.metric}' must be BENCHMARK/METRIC with BENCHMARK one of evaluate.benchmarks "
             f"({', '.join(wf.evaluate.benchmarks)}), e.g. shapes-vqa/overall",
         )
+    elif metric_bench in BENCHMARKS:
+        problem = _metric_problem(metric_bench, wf.select.metric.split("/", 1)[1], wf.evaluate.kshot)
+        if problem:
+            fail("select.metric", f"'{wf.select.metric}': {problem}")
+
+
+def _metric_problem(benchmark: str, metric: str, kshot: list[int]) -> str | None:
+    """Why `metric` is not one `benchmark` reports (None if it is): a typo here would only surface at the
+    select step, after every candidate has trained."""
+    spec = BENCHMARKS[benchmark]
+    name, at, shots = metric.partition("@")
+    known = spec.metrics()
+    if spec.kshot:
+        examples = ", ".join(f"{(known or ('overall',))[0]}@{k}" for k in kshot)
+        if not at or shots not in {str(k) for k in kshot}:
+            return (
+                f"{benchmark} reports each metric once per evaluate.kshot value, as METRIC@K: e.g. {examples}"
+            )
+    elif at:
+        return f"{benchmark} is zero-shot: its metrics have no @K"
+    if known is not None and name not in known:
+        return f"{benchmark} reports {', '.join(known)}{' (each @K)' if spec.kshot else ''}; not '{name}'"
+    return None

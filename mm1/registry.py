@@ -150,6 +150,29 @@ class BenchmarkSpec:
     # Where its items come from: shapes (held-out scenes), coco (caption annotations), vqav2 (questions).
     data: str = "shapes"
 
+    def metrics(self) -> tuple[str, ...] | None:
+        """The METRIC names it reports (before any @K), or None where they come from the data (VQAv2's
+        answer types beside `overall`)."""
+        if self.kind == "caption":
+            return ("cider",)
+        return ("overall", *SHAPES_VQA_TYPES) if self.data == "shapes" else None
+
+
+# The per-type metrics of a Shapes VQA benchmark: SHAPES.md's question types less `caption` (a benchmark of
+# its own), then the kind splits (mm1.eval.heldout.SPLIT_TYPES); tests/test_registry.py checks both lists.
+SHAPES_VQA_TYPES = (
+    "count_all",
+    "count_kind",
+    "colour_of",
+    "shape_of",
+    "exists",
+    "word",
+    "count_kind.present",
+    "count_kind.uniform",
+    "exists.present",
+    "exists.uniform",
+)
+
 
 COCO_FILES = ("coco_annotations", "coco_images")
 VQAV2_FILES = ("vqav2_questions", "vqav2_annotations", "vqav2_images")

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import httpx
 from mm1.config import Workflow
 from mm1.errors import UserFacingError
 from services.client import chat
-from services.ingress import running_ingress, start_ray
+from services.ingress import port_taken, running_ingress, start_ray
 from services.parity import ParityError, check_parity
 from services.settings import ServeSettings
 
@@ -84,17 +83,6 @@ def _running_http_port() -> int | None:
 
 class DeployError(UserFacingError, RuntimeError):
     """The endpoint cannot be started as configured (e.g. its port is taken)."""
-
-
-def port_taken(host: str, port: int) -> bool:
-    """Whether something on this machine already listens on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is free
-        try:
-            probe.bind((host or "0.0.0.0", port))
-        except OSError:
-            return True
-    return False
 
 
 def start_app(

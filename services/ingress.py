@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,10 @@ LOCAL_DRAINING_S = "2"
 
 class IngressError(UserFacingError, ValueError):
     """An ingress this machine cannot provide (or a mode that does not exist)."""
+
+
+class RayStartError(UserFacingError):
+    """A local Ray that cannot start here (its dashboard port is taken)."""
 
 
 def haproxy_binary() -> str | None:
@@ -98,6 +103,15 @@ def start_ray(ingress: str = "auto", log: Callable[[str], None] | None = None, *
     if os.environ.get("RAY_ADDRESS"):
         context = ray.init(address="auto", namespace="mm1", log_to_driver=True)
     else:
+        port = local_options.get("dashboard_port")
+        host = local_options.get("dashboard_host", "127.0.0.1")
+        if local_options.get("include_dashboard") and port and port_taken(host, port):
+            # ray.init would fail after starting half a cluster, with a traceback: say it first.
+            raise RayStartError(
+                f"the Ray dashboard's port {port} on {host} is in use by another process (another Ray?)",
+                hint=f"set cluster.dashboard_port to a free port, or stop what holds {port} (`ray stop` for "
+                f"a Ray started with `ray start`; `ss -ltnp 'sport = :{port}'` names it)",
+            )
         say(f"Serve ingress: {prepare_local_ray(ingress)}")
         context = ray.init(namespace="mm1", log_to_driver=True, **local_options)
     url = getattr(context, "dashboard_url", "") or ""
@@ -106,6 +120,17 @@ def start_ray(ingress: str = "auto", log: Callable[[str], None] | None = None, *
         if url and not url.startswith("http")
         else f"Ray dashboard: {url or 'n/a'}"
     )
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something on this machine already listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket in TIME_WAIT is free
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError:
+            return True
+    return False
 
 
 def _flag_name(value: str | None) -> str:

@@ -76,3 +76,52 @@ def test_every_registered_connector_and_part_exists_in_the_model():
         assert hasattr(getattr(connectors, spec.builder), "from_config")
     model = build_mm1("tiny")
     assert set(part_modules(model)) == set(registry.FREEZABLE_PARTS)
+
+
+def test_the_shapes_vqa_metrics_are_the_question_types_and_their_kind_splits():
+    from mm1.data.shapes import QUESTION_TYPES
+    from mm1.eval.heldout import SPLIT_TYPES
+
+    expected = ("overall", *(t for t in QUESTION_TYPES if t != "caption"), *SPLIT_TYPES)
+    assert registry.BENCHMARKS["shapes-vqa"].metrics() == expected
+    assert registry.BENCHMARKS["shapes-vqa-kshot"].metrics() == expected
+    assert registry.BENCHMARKS["vqav2"].metrics() is None  # answer types come from the annotations
+
+
+@pytest.mark.parametrize(
+    ("benchmarks", "metric", "expected"),
+    [
+        ("[shapes-vqa]", "shapes-vqa/colour", "shapes-vqa reports overall, count_all,"),
+        ("[shapes-vqa]", "shapes-vqa/overall@4", "shapes-vqa is zero-shot: its metrics have no @K"),
+        (
+            "[shapes-vqa, shapes-caption]",
+            "shapes-caption/overall",
+            "shapes-caption reports cider; not 'overall'",
+        ),
+        (
+            "[shapes-vqa, shapes-kshot]",
+            "shapes-kshot/cider_0shot",
+            "as METRIC@K: e.g. cider@0, cider@4, cider@8",
+        ),
+        ("[shapes-vqa, shapes-kshot]", "shapes-kshot/cider@2", "as METRIC@K: e.g. cider@0, cider@4, cider@8"),
+    ],
+)
+def test_a_select_metric_no_benchmark_reports_is_refused_when_the_workflow_loads(
+    benchmarks, metric, expected
+):
+    with pytest.raises(ConfigError) as caught:
+        loads("name: wf\n", "wf.yaml", [f"evaluate.benchmarks={benchmarks}", f"select.metric={metric}"])
+    message = str(caught.value)
+    assert f"select.metric: '{metric}': " in message and expected in message
+
+
+@pytest.mark.parametrize(
+    ("benchmarks", "metric"),
+    [
+        ("[shapes-vqa]", "shapes-vqa/exists.uniform"),
+        ("[shapes-vqa, shapes-kshot]", "shapes-kshot/cider@8"),
+        ("[shapes-vqa, shapes-vqa-kshot]", "shapes-vqa-kshot/shape_of@0"),
+    ],
+)
+def test_a_select_metric_a_benchmark_reports_is_accepted(benchmarks, metric):
+    loads("name: wf\n", "wf.yaml", [f"evaluate.benchmarks={benchmarks}", f"select.metric={metric}"])

@@ -124,16 +124,32 @@ def test_a_port_in_use_is_refused_before_serve_starts(tmp_path):
     assert "what to do: set deploy.port (or `mm1 serve --port`) to a free port" in proc.stderr
 
 
+def test_a_taken_dashboard_port_is_refused_before_ray_starts(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        argv = ["run", QUICKSTART, f"storage.root={tmp_path}", f"cluster.dashboard_port={port}"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "mm1.cli", *argv], capture_output=True, text=True, timeout=240
+        )
+    assert proc.returncode == cli.EXIT_USAGE, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"error: the Ray dashboard's port {port} on 127.0.0.1 is in use by another process" in proc.stderr
+    assert "what to do: set cluster.dashboard_port to a free port" in proc.stderr
+
+
 def test_every_user_facing_error_class_is_one():
     from mm1.config import ConfigError
     from mm1.k8s.pods import RenderError
     from mm1.k8s.submit import K8sError
     from mm1.workflow.jobs import JobFailed
     from services.deploy import DeployError
-    from services.ingress import IngressError
+    from services.ingress import IngressError, RayStartError
 
     for kind in (
         ConfigError,
+        RayStartError,
         IngestError,
         BenchmarkFileError,
         JobFailed,
