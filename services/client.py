@@ -10,8 +10,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from mm1.errors import UserFacingError
+
 # An endpoint without an API key still needs a non-empty one in the openai client.
 NO_KEY = "none"
+
+
+class EndpointError(UserFacingError, RuntimeError):
+    """The endpoint could not be reached, or refused the request (its message says why)."""
 
 
 def image_data_url(path: str | Path) -> str:
@@ -40,8 +46,26 @@ def chat(
     `model` defaults to the endpoint's first model. The API key defaults to $MM1_API_KEY, then
     $OPENAI_API_KEY. With `stream`, `on_text` receives each piece of the answer as it arrives.
     """
+    import openai
+
+    try:
+        return _chat(question, images, url, model, stream, api_key, temperature, max_tokens, on_text, timeout)
+    except openai.APIConnectionError as exc:
+        raise EndpointError(
+            f"cannot reach an endpoint at {url} ({exc.__cause__ or exc})",
+            hint="start one (`mm1 serve CHECKPOINT`, or `make run`, which keeps its endpoint serving) or "
+            "pass --url with the address it printed",
+        ) from exc
+    except openai.APIStatusError as exc:
+        raise EndpointError(f"the endpoint at {url} answered {exc.status_code}: {exc.message}") from exc
+
+
+def _chat(question, images, url, model, stream, api_key, temperature, max_tokens, on_text, timeout) -> str:
     from openai import OpenAI
 
+    for path in images:
+        if not Path(path).is_file():
+            raise EndpointError(f"image file {path} does not exist", hint="pass --image with a readable file")
     key = api_key or os.environ.get("MM1_API_KEY") or os.environ.get("OPENAI_API_KEY") or NO_KEY
     client = OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
     model = model or client.models.list().data[0].id

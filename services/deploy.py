@@ -85,6 +85,24 @@ class DeployError(UserFacingError, RuntimeError):
     """The endpoint cannot be started as configured (e.g. its port is taken)."""
 
 
+def check_checkpoint(checkpoint: str) -> None:
+    """Refuse a folder that holds no model before Ray and Serve start (a replica would fail to load it
+    half a minute later, and Serve would report only that the deployment failed)."""
+    from mm1 import storage
+
+    if storage.exists(storage.join(checkpoint, "config.json")):
+        return
+    inner = storage.join(checkpoint, "model")
+    hint = (
+        f"serve its model folder: {inner}"
+        if storage.exists(storage.join(inner, "config.json"))
+        else "pass a checkpoint's model folder, e.g. runs/quickstart/sft/ray/<run>/checkpoint_000600/model "
+        "(`winner.checkpoint` in runs/<run>/select/manifest.json names the one the deploy step served)"
+    )
+    what = "does not exist" if not storage.exists(checkpoint) else "holds no model (no config.json)"
+    raise DeployError(f"checkpoint {checkpoint} {what}", hint=hint)
+
+
 def start_app(
     settings: ServeSettings,
     name: str,
@@ -282,6 +300,7 @@ def serve_checkpoint(
     ingress: str = "auto",
 ) -> None:
     """`mm1 serve`: serve until Ctrl-C, SIGTERM or `stop` is set, then take the application down."""
+    check_checkpoint(str(checkpoint))
     settings = ServeSettings(checkpoint=str(checkpoint), model_name=name)
     url = start_app(settings, name, host, port, ingress=ingress)
     print(

@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mm1.config import Workflow
+from mm1.errors import UserFacingError
 
 Log = Callable[[str], None]
+
+
+class RunFolderError(UserFacingError, OSError):
+    """The run folder cannot be written where storage.root points."""
 
 
 class Backend(ABC):
@@ -65,7 +70,15 @@ class LocalRay(Backend):
         from mm1.workflow.local import run_local
         from mm1.workflow.rundir import RunDir
 
-        console = Console(RunDir(wf.storage.root, wf.run_name).local_root / "logs" / "ray.log", verbose)
+        logs = RunDir(wf.storage.root, wf.run_name).local_root / "logs"
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunFolderError(
+                f"cannot create the run folder's {logs} ({exc.strerror or exc})",
+                hint="set storage.root to a folder you can write (a local path or an object-store URI)",
+            ) from exc
+        console = Console(logs / "ray.log", verbose)
         try:
             manifests = run_local(wf, from_step=from_step, until=until, log=console.line, console=console)
         finally:

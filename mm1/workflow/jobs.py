@@ -28,6 +28,10 @@ class JobFailed(UserFacingError, RuntimeError):
     """A submitted job ended in FAILED or STOPPED (its log was printed while following it)."""
 
 
+class JobNotFound(UserFacingError, ValueError):
+    """`mm1 status` was given something that is neither a run folder nor a job it can look up."""
+
+
 def _enable_token_auth() -> None:
     has_token = (
         os.environ.get("RAY_AUTH_TOKEN")
@@ -121,7 +125,11 @@ def follow_job(
 
 def job_status(job_id: str, address: str | None) -> str:
     if not address:
-        raise ValueError(f"'{job_id}' is not a run folder; for a job id pass --address http://HOST:8265")
+        raise JobNotFound(
+            f"'{job_id}' is neither a run folder nor, without --address, a job id",
+            hint="pass a run folder (storage.root/<run name>, e.g. runs/quickstart), or a job id with "
+            "--address http://HOST:8265",
+        )
     info = client(address).get_job_info(job_id)
     meta = info.metadata or {}
     return (

@@ -108,6 +108,7 @@ def test_a_bug_in_a_step_keeps_its_traceback(tmp_path, monkeypatch):
 
 
 def test_a_port_in_use_is_refused_before_serve_starts(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # passes the checkpoint check; the port is refused first
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -139,11 +140,66 @@ def test_a_taken_dashboard_port_is_refused_before_ray_starts(tmp_path):
     assert "what to do: set cluster.dashboard_port to a free port" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "error", "what_to_do"),
+    [
+        (
+            ["status", "{tmp}/no-such-run"],
+            "'{tmp}/no-such-run' is neither a run folder nor, without --address, a job id",
+            "pass a run folder (storage.root/<run name>",
+        ),
+        (
+            ["serve", "{tmp}/no-such-checkpoint"],
+            "checkpoint {tmp}/no-such-checkpoint does not exist",
+            "pass a checkpoint's model folder",
+        ),
+        (
+            ["serve", "{tmp}/checkpoint_000600"],
+            "checkpoint {tmp}/checkpoint_000600 holds no model (no config.json)",
+            "serve its model folder: {tmp}/checkpoint_000600/model",
+        ),
+        (
+            ["chat", "--url", "http://127.0.0.1:{port}/v1", "hello"],
+            "cannot reach an endpoint at http://127.0.0.1:{port}/v1",
+            "start one (`mm1 serve CHECKPOINT`",
+        ),
+        (
+            ["chat", "--image", "{tmp}/no.png", "what is it?"],
+            "image file {tmp}/no.png does not exist",
+            "pass --image with a readable file",
+        ),
+        (
+            ["run", QUICKSTART, "storage.root={tmp}/file/runs"],
+            "cannot create the run folder's {tmp}/file/runs/quickstart/logs (Not a directory)",
+            "set storage.root to a folder you can write",
+        ),
+    ],
+    ids=["status", "serve-missing", "serve-parent", "chat-no-endpoint", "chat-no-image", "run-root"],
+)
+def test_a_command_given_something_that_is_not_there_says_so_without_a_traceback(
+    argv, error, what_to_do, tmp_path, capsys
+):
+    (tmp_path / "checkpoint_000600" / "model").mkdir(parents=True)
+    (tmp_path / "checkpoint_000600" / "model" / "config.json").write_text("{}")
+    (tmp_path / "file").write_text("a file where a folder is expected")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    fill = {"tmp": tmp_path, "port": port}
+    code, err = run_cli(capsys, *(a.format(**fill) for a in argv))
+    assert code == cli.EXIT_USAGE and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith(f"error: {error.format(**fill)}")
+    assert lines[1].startswith(f"  what to do: {what_to_do.format(**fill)}")
+
+
 def test_every_user_facing_error_class_is_one():
     from mm1.config import ConfigError
     from mm1.k8s.pods import RenderError
     from mm1.k8s.submit import K8sError
-    from mm1.workflow.jobs import JobFailed
+    from mm1.workflow.backends import RunFolderError
+    from mm1.workflow.jobs import JobFailed, JobNotFound
+    from services.client import EndpointError
     from services.deploy import DeployError
     from services.ingress import IngressError, RayStartError
 
@@ -153,6 +209,9 @@ def test_every_user_facing_error_class_is_one():
         IngestError,
         BenchmarkFileError,
         JobFailed,
+        JobNotFound,
+        RunFolderError,
+        EndpointError,
         IngressError,
         RenderError,
         K8sError,

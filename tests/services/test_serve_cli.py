@@ -41,6 +41,7 @@ def test_serve_with_an_ingress_this_machine_lacks_is_one_clear_error(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_SERVE_ENABLE_HA_PROXY"}
     env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(tmp_path / "no-haproxy")
     env.pop("RAY_ADDRESS", None)
+    (tmp_path / "config.json").write_text("{}")  # passes the checkpoint check; the ingress is refused first
     result = subprocess.run(
         [sys.executable, "-m", "mm1.cli", "serve", str(tmp_path), "--ingress", "haproxy"],
         capture_output=True,
