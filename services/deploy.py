@@ -96,7 +96,7 @@ def check_checkpoint(checkpoint: str) -> None:
     hint = (
         f"serve its model folder: {inner}"
         if storage.exists(storage.join(inner, "config.json"))
-        else "pass a checkpoint's model folder, e.g. runs/quickstart/sft/ray/<run>/checkpoint_000600/model "
+        else "pass a checkpoint's model folder, e.g. runs/quickstart/sft/ray/<run>/checkpoint_000400/model "
         "(`winner.checkpoint` in runs/<run>/select/manifest.json names the one the deploy step served)"
     )
     what = "does not exist" if not storage.exists(checkpoint) else "holds no model (no config.json)"
