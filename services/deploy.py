@@ -90,16 +90,26 @@ def check_checkpoint(checkpoint: str) -> None:
     half a minute later, and Serve would report only that the deployment failed)."""
     from mm1 import storage
 
-    if storage.exists(storage.join(checkpoint, "config.json")):
-        return
-    inner = storage.join(checkpoint, "model")
+    try:
+        if storage.exists(storage.join(checkpoint, "config.json")):
+            return
+        hub_name = checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/", "~"))
+        if hub_name and not storage.is_uri(checkpoint) and not storage.exists(checkpoint):
+            return  # org/name on the Hugging Face hub: transformers fetches (and checks) it
+        inner = storage.join(checkpoint, "model")
+        has_inner = storage.exists(storage.join(inner, "config.json"))
+        what = "does not exist" if not storage.exists(checkpoint) else "holds no model (no config.json)"
+    except OSError as exc:  # an object store that cannot be reached or read
+        raise DeployError(
+            f"cannot read checkpoint {checkpoint} ({exc})",
+            hint="check the object store's address and keys (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)",
+        ) from exc
     hint = (
         f"serve its model folder: {inner}"
-        if storage.exists(storage.join(inner, "config.json"))
+        if has_inner
         else "pass a checkpoint's model folder, e.g. runs/quickstart/sft/ray/<run>/checkpoint_000400/model "
         "(`winner.checkpoint` in runs/<run>/select/manifest.json names the one the deploy step served)"
     )
-    what = "does not exist" if not storage.exists(checkpoint) else "holds no model (no config.json)"
     raise DeployError(f"checkpoint {checkpoint} {what}", hint=hint)
 
 
