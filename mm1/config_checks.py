@@ -62,12 +62,29 @@ def check_data(wf: Workflow, checker: SchemaChecker) -> None:
             "data.shapes.sft_min_turns",
             f"must be at least 1 and at most sft_max_turns ({turns.sft_max_turns}), got {turns.sft_min_turns}",
         )
+    for key, message in _type_weight_problems(turns.sft_type_weights):
+        fail(f"data.shapes.sft_type_weights{key}", message)
     if wf.packing.seq_len < 32:
         fail("packing.seq_len", f"must be at least 32, got {wf.packing.seq_len}")
     if wf.packing.max_images < 1:
         fail("packing.max_images", f"must be at least 1, got {wf.packing.max_images}")
     if not 0 <= wf.data.max_bad_fraction <= 1:
         fail("data.max_bad_fraction", f"must be between 0 and 1, got {wf.data.max_bad_fraction}")
+
+
+def _type_weight_problems(weights: dict[str, float]) -> list[tuple[str, str]]:
+    """(key suffix, message) for each weight that names no SFT question type or is negative."""
+    from mm1.data.shapes import QUESTION_TYPES
+
+    problems = [
+        (f".{name}", f"is not a Shapes question type; expected one of {', '.join(QUESTION_TYPES)}")
+        for name in weights
+        if name not in QUESTION_TYPES
+    ]
+    problems += [(f".{name}", f"must be 0 or more, got {w}") for name, w in weights.items() if w < 0]
+    if weights and not problems and all(weights.get(t, 1.0) == 0 for t in QUESTION_TYPES):
+        problems.append(("", "leaves every question type out; give at least one a weight above 0"))
+    return problems
 
 
 def check_stage(stage_name: str, stage: TrainConfig, checker: SchemaChecker) -> None:

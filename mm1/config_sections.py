@@ -35,6 +35,10 @@ class ShapesConfig:
     # Measured on the Shapes study's data (2026-11-25), "every" with 6-12 turns was not better at equal steps
     # (mean of colour_of/shape_of/exists/count_all after 600 SFT steps: 0.577 vs 0.637 for per-type, 4-7).
     sft_questions: str = choice("per-type", "per-type", "every")
+    # Relative weight of each question type when the turns are drawn from that pool (types not named weigh
+    # 1; 0 leaves a type out): the "every" pool holds about four count_kind/exists questions per colour_of
+    # one, so weighting colour_of evens out what SFT practises.
+    sft_type_weights: dict[str, float] = field(default_factory=dict)
     seed: int = 0
 
 

@@ -112,13 +112,21 @@ def sft_turns(
     min_turns: int = 1,
     max_turns: int = 3,
     pool: str = "per-type",
+    type_weights: dict[str, float] | None = None,
 ) -> list[dict]:
     """`min_turns` to `max_turns` question/answer turns (as many as the scene's question pool holds, at
     most) in random order, in LLaVA form (the image before the first question). `pool`: "per-type" draws
-    from one question per type (`shapes.questions`), "every" from all of them (`shapes.every_question`)."""
+    from one question per type (`shapes.questions`), "every" from all of them (`shapes.every_question`).
+    `type_weights` makes a question's chance of being drawn proportional to its type's weight (default 1)."""
     table = (shapes.every_question if pool == "every" else shapes.questions)(scene, rng)
     wanted = int(rng.integers(min_turns, max_turns + 1))
-    picks = rng.choice(len(table), size=min(len(table), wanted), replace=False)
+    weights = np.array([float((type_weights or {}).get(q.type, 1.0)) for q in table])
+    if type_weights and weights.any():  # a scene whose every question weighs 0 keeps its whole pool
+        table = [q for q, w in zip(table, weights, strict=True) if w > 0]
+        weights = weights[weights > 0]
+        picks = rng.choice(len(table), size=min(len(table), wanted), replace=False, p=weights / weights.sum())
+    else:
+        picks = rng.choice(len(table), size=min(len(table), wanted), replace=False)
     turns = []
     for n, i in enumerate(picks):
         question = table[int(i)].question
@@ -134,6 +142,7 @@ def write_sft_shard(
     shard: int,
     turns: tuple[int, int] = (1, 3),
     pool: str = "per-type",
+    type_weights: dict[str, float] | None = None,
 ) -> None:
     image_dir = path.parent / "images" / f"{shard:05d}"
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +155,7 @@ def write_sft_shard(
             {
                 "id": f"{shard:05d}-{i:06d}",
                 "image": relative,
-                "conversations": sft_turns(scene, rng, *turns, pool),
+                "conversations": sft_turns(scene, rng, *turns, pool, type_weights),
             }
         )
     path.write_text(json.dumps(entries), encoding="utf-8")
@@ -164,7 +173,11 @@ def _write_shard(out_dir: str, corpus: str, shard: int, count: int, cfg: ShapesC
     writer, ext = WRITERS[corpus]
     relative = f"{corpus}/{shard:05d}.{ext}"
     extra = (
-        {"turns": (cfg.sft_min_turns, cfg.sft_max_turns), "pool": cfg.sft_questions}
+        {
+            "turns": (cfg.sft_min_turns, cfg.sft_max_turns),
+            "pool": cfg.sft_questions,
+            "type_weights": dict(cfg.sft_type_weights),
+        }
         if corpus == "sft"
         else {}
     )

@@ -139,3 +139,28 @@ def test_sft_turns_can_draw_from_every_question(tmp_path):
     per_entry = [[t["value"] for t in e["conversations"][::2]] for e in entries]
     assert all(len(set(q)) == len(q) for q in per_entry)  # no question twice in one conversation
     assert all(q.startswith(QUESTION_STARTS) for q in questions)
+
+
+def _asked_types(entries: list[dict]) -> Counter:
+    starts = {"what color": "colour_of", "what shape": "shape_of", "how many shapes": "count_all"}
+    counts: Counter = Counter()
+    for entry in entries:
+        for turn in entry["conversations"][::2]:
+            question = turn["value"].removeprefix("<image>\n")
+            counts[next((t for s, t in starts.items() if question.startswith(s)), question.split()[0])] += 1
+    return counts
+
+
+def test_sft_type_weights_shift_what_the_turns_ask(tmp_path):
+    cfg = ShapesConfig(caption_samples=1, interleaved_docs=1, text_samples=1, sft_samples=300, seed=5)
+    cfg.sft_min_turns, cfg.sft_max_turns, cfg.sft_questions = 4, 7, "every"
+    plain = _asked_types(
+        json.loads(Path(write_shapes_corpora(tmp_path / "a", cfg, parallel=False)["sft"][0]).read_text())
+    )
+    cfg.sft_type_weights = {"colour_of": 6, "caption": 0}
+    weighted = _asked_types(
+        json.loads(Path(write_shapes_corpora(tmp_path / "b", cfg, parallel=False)["sft"][0]).read_text())
+    )
+    assert weighted["describe"] == 0 < plain["describe"]  # weight 0: never asked
+    share = lambda counts: counts["colour_of"] / sum(counts.values())  # noqa: E731
+    assert share(weighted) > 1.5 * share(plain)  # the pool holds ~1 colour question per 4 count/exists ones
