@@ -21,12 +21,17 @@ from ray.train.torch import TorchTrainer
 
 from mm1 import storage
 from mm1.config import ModelConfig, TrainConfig
+from mm1.errors import UserFacingError
 from mm1.stage_images import StageImages
 from mm1.train.checkpoint import METRICS_FILE, MODEL_DIR, STATE_FILE
 from mm1.train.job import TrainJob
 from mm1.train.loop import train_loop_per_worker
 
 _CHECKPOINT_DIR = re.compile(r"checkpoint_(\d+)$")
+
+
+class StagePastItsSteps(UserFacingError, RuntimeError):
+    """The run to resume already trained past the stage's `steps` (a rerun with fewer steps)."""
 
 
 @dataclass
@@ -61,6 +66,7 @@ def fit_stage(
     settings are given; the rest is described by TrainJob's fields."""
     if images is None and seq_len is None:
         raise ValueError("fit_stage needs the stage's seq_len or its image settings (images)")
+    check_resumable(storage_path, run_name, stage_name, stage.steps)
     job = TrainJob(
         stage_name=stage_name,
         stage=stage,
@@ -76,6 +82,20 @@ def fit_stage(
     )
     build_trainer(job, run_name=run_name, storage_path=storage_path, dataset=dataset).fit()
     return collect_outcome(storage_path, run_name)
+
+
+def check_resumable(storage_path: str, run_name: str, stage_name: str, steps: int) -> None:
+    """Refuse to resume a run whose last checkpoint lies beyond `steps`: Ray Train would hand that checkpoint
+    to the loop, which would stop at once, and the stage would end without the checkpoint it asked for."""
+    existing = collect_outcome(storage_path, run_name)
+    if existing.checkpoints and existing.checkpoints[-1]["step"] > steps:
+        last = existing.checkpoints[-1]["step"]
+        raise StagePastItsSteps(
+            f"{stage_name}.steps is {steps}, but this run already trained to step {last} "
+            f"({existing.run_path}); a run resumes from its last checkpoint and cannot go back",
+            hint=f"set {stage_name}.steps to {last} or more, or use a new storage.root "
+            f"(or delete {existing.run_path}) to train {steps} steps afresh",
+        )
 
 
 def build_trainer(

@@ -121,7 +121,7 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
 
     from mm1.data.loader import build_train_dataset, packed_bytes_estimate
     from mm1.stage_images import stage_images
-    from mm1.train.launch import fit_stage
+    from mm1.train.launch import check_resumable, fit_stage
 
     ingest = ctx.inputs("ingest", IngestOutputs)
     parents = ctx.inputs("pretrain", TrainOutputs) if stage_name == "sft" else None
@@ -151,6 +151,7 @@ def _train_units(ctx: StepContext, stage_name: str, unit_reads: tuple[str, ...])
         # A pre-training run descends from its data (the data section's hash), SFT from its pre-training run.
         parent_key = parent.run_path if parent else stable_hash(dataclasses.asdict(wf.data))
         run_name = f"{unit}-{_lineage(stage_name, wf, parent_key)}"
+        check_resumable(ray_storage, run_name, stage_name, stage.steps)  # before packing the data
         images = stage_images(wf, stage_name)  # this stage's resolution, splitting and sequence length
         dataset = build_train_dataset(
             getattr(data, stage_name),
