@@ -12,6 +12,10 @@ Runs the command as a subprocess (its console passes through) and prints:
 
     .venv/bin/python benchmarks/quickstart.py [--workflow workflows/quickstart.yaml] [KEY=VALUE ...]
 
+It also probes the CPU's fp32 matmul speed before and after the run, beside the best probe kept on this
+machine (mm1.train.mfu): a shared or throttled machine's speed drifts (330 vs 407 GFLOP/s within one day
+here), and every time above scales with it, so a wall time is read beside its probe.
+
 The endpoint is taken down at the end (deploy.keep_serving=false) on a free port; the run folder is a fresh
 temporary one unless --root names one (then finished steps are skipped, as for any rerun).
 """
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mm1.config import load  # noqa: E402
+from mm1.train.mfu import cpu_peak_flops, measure_cpu_peak_flops  # noqa: E402
 from mm1.workflow.steps import STEP_NAMES  # noqa: E402
 
 TARGET_TYPES = ("colour_of", "shape_of", "exists", "count_all")
@@ -84,7 +89,10 @@ def main() -> None:
     root = args.root or tempfile.mkdtemp(prefix="mm1-bench-quickstart-")
     overrides = [f"deploy.port={free_port()}", "deploy.keep_serving=false", *args.overrides]
     wf = load(args.workflow, [f"storage.root={root}", *overrides])
+    speed_before = measure_cpu_peak_flops(repeats=10)
     wall, healthy, code = run(args.workflow, root, overrides)
+    speed_after = measure_cpu_peak_flops(repeats=10)
+    best_speed = cpu_peak_flops()  # the best kept on this machine (this call's own probe included)
     if code:
         raise SystemExit(f"mm1 run failed (exit {code}); the run folder is {root}/{wf.run_name}")
     run_dir = Path(root) / wf.run_name
@@ -97,6 +105,10 @@ def main() -> None:
     print(f"\n== {args.workflow.name} on a fresh run folder ({run_dir})")
     print(f"wall to a healthy endpoint: {healthy:.1f} s" if healthy else "no healthy endpoint (deploy off?)")
     print(f"wall to the end of the command: {wall:.1f} s")
+    print(
+        f"CPU fp32 matmul probe: {speed_before / 1e9:.0f} GFLOP/s before, {speed_after / 1e9:.0f} after; "
+        f"best seen on this machine {best_speed / 1e9:.0f} (times scale with it)"
+    )
     print("\nstep       seconds")
     for step, manifest in manifests.items():
         print(f"{step:<10} {manifest['duration_s']:>7.1f}")
