@@ -30,13 +30,15 @@ at every step), interleaved, at concurrency 1 and 8; tokens/s beside each other 
 token from the median TPOT (decode time per token after the first, so answers of different lengths compare).
 
 The endpoint runs behind the ingress a local deploy gets (services.ingress: HAProxy where its binary is);
-`--ingress proxy` measures Serve's Python proxy instead. The choice is fixed when Ray starts, so comparing the
-two takes two runs.
+`--ingress proxy` measures Serve's Python proxy instead (the choice is fixed when Ray starts, so comparing
+the two takes two runs), and `--engine thread` replicas that decode in a thread of their own process instead
+of an engine process beside them (services.engine_process).
 
     .venv/bin/python benchmarks/serve.py               # table + ratios
     .venv/bin/python benchmarks/serve.py --load        # + 64 clients for 60 s against the batched endpoint
     .venv/bin/python benchmarks/serve.py --ingress proxy   # Serve's Python proxy instead of HAProxy
     .venv/bin/python benchmarks/serve.py --concurrency 1 32 --rounds 5   # the two ratios the issue tracks
+    .venv/bin/python benchmarks/serve.py --engine thread   # decoding in a replica thread, not a process
 """
 
 from __future__ import annotations
@@ -476,6 +478,7 @@ def start_endpoint(
     wait_s: float,
     threads: int,
     stream_interval_s: float,
+    engine_process: bool = True,
 ) -> str:
     from ray import serve
 
@@ -490,6 +493,7 @@ def start_endpoint(
         "max_ongoing_requests": max(2 * max_batch_size, 64),
         "torch_threads": threads,
         "stream_interval_s": stream_interval_s,
+        "engine_process": engine_process,
     }
     serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{port}"
@@ -554,6 +558,12 @@ def main() -> None:
         default="auto",
         help="HTTP ingress: haproxy, Serve's Python proxy, or auto (haproxy when its binary is there)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("process", "thread"),
+        default="process",
+        help="where a replica decodes: an engine process beside it (deploy default) or a thread of its own",
+    )
     parser.add_argument("--port", type=int, default=8777)
     parser.add_argument(
         "--load", action="store_true", help="also 64 clients for 60 s on the batched endpoint"
@@ -587,7 +597,7 @@ def main() -> None:
     body = request_body(png, args.max_tokens)
     print(
         f"checkpoint {checkpoint}; {args.max_tokens} tokens per request; torch threads {args.torch_threads}; "
-        f"stream interval {args.stream_interval * 1000:g} ms"
+        f"stream interval {args.stream_interval * 1000:g} ms; decoding in {'an engine process' if args.engine == 'process' else 'a replica thread'}"
     )
     print(f"load average before: {os.getloadavg()}")
 
@@ -607,7 +617,14 @@ def main() -> None:
     for label, batch in (("endpoint batched", args.max_batch_size), ("endpoint unbatched", 1)):
         name = f"bench-{batch}"
         url = start_endpoint(
-            checkpoint, name, args.port, batch, args.batch_wait, args.torch_threads, args.stream_interval
+            checkpoint,
+            name,
+            args.port,
+            batch,
+            args.batch_wait,
+            args.torch_threads,
+            args.stream_interval,
+            args.engine == "process",
         )
         for c in args.concurrency:
             if c == 1:

@@ -44,6 +44,9 @@ class ServingOptions:
     # the end at once), carrying every token decoded meanwhile. Each chunk crosses replica -> ingress -> client,
     # which costs more than a small model's decode step; 0 = a chunk per decode step with visible text.
     stream_interval_s: float = 0.02
+    # Decode in a process of its own beside each replica (services.engine_process), so request handling and
+    # the model do not take turns on one Python interpreter lock; false = a thread in the replica.
+    engine_process: bool = True
     # Environment variable holding the API key; unset or empty variable = no key required.
     api_key_env: str = ""
     max_images: int = 4

@@ -36,13 +36,14 @@ class GrammarError(ValueError):
 class JsonGrammar:
     """One choice's grammar state (mm1.model.decoding.Constraint)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, width: int):
+    def __init__(self, matcher: llguidance.LLMatcher, width: int, schema: dict[str, Any]):
         self.matcher = matcher
         self.width = width  # 32-bit words of the matcher's mask
+        self.schema = schema  # what it was compiled from (services.engine_process compiles it again)
 
     def fresh(self) -> JsonGrammar:
         """A copy at the start of the grammar, for another choice of the same request."""
-        return JsonGrammar(self.matcher.deep_copy(), self.width)
+        return JsonGrammar(self.matcher.deep_copy(), self.width, self.schema)
 
     def fill_mask(self, words: torch.Tensor) -> None:
         if self.matcher.is_error():
@@ -114,4 +115,4 @@ def compile_schema(processor: MM1Processor, schema: dict[str, Any]) -> JsonGramm
     matcher = llguidance.LLMatcher(vocab.tokenizer, grammar, log_level=0)
     if matcher.is_error():
         raise GrammarError(matcher.get_error())
-    return JsonGrammar(matcher, vocab.width)
+    return JsonGrammar(matcher, vocab.width, schema)

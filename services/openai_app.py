@@ -9,7 +9,9 @@ Batching: `@serve.batch(max_batch_size, batch_wait_timeout_s)` collects the requ
 and hands them, as one group, to the replica's decoding loop (services.scheduler): the group is prefilled in
 one forward pass and then decoded together with every request already running, up to max_batch_size
 sequences at a time (continuous batching; max_batch_size=1 runs requests one after another). Decoding runs in
-its own thread, so the event loop keeps accepting requests and streaming tokens meanwhile.
+a process of its own beside the replica (services.engine_process; `engine_process: false` = a thread of the
+replica), so the event loop keeps accepting requests and streaming tokens meanwhile without taking the
+interpreter lock from the model.
 
 `build_app(args)` is the application builder: `services.openai_app:build_app` with args {checkpoint,
 model_name, + the ServeSettings fields} is what a RayService's serveConfigV2 names.
@@ -27,9 +29,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
-from mm1.model import load_for_inference
+from mm1.model import load_for_inference, load_processor
 from services.api import create_api, key_digest
 from services.engine import Engine, Prompt, StepOutput
+from services.engine_process import EngineProcess
 from services.scheduler import DecodeLoop, RequestStream
 from services.settings import ServeSettings
 
@@ -42,12 +45,18 @@ class ChatServer:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         # Any storage location: a winner on an object store is copied to this replica's disk once.
-        model, self.processor = load_for_inference(
-            self.settings.checkpoint, device=self.settings.torch_device
-        )
-        self.engine = Engine(model, self.processor)
-        self.context_length = self.engine.context_length
-        self.decoder = DecodeLoop(self.engine, max_rows=self.settings.max_batch_size)
+        self.decoder: DecodeLoop | EngineProcess
+        if self.settings.engine_process:
+            self.processor = load_processor(self.settings.checkpoint)  # a missing folder fails here, plainly
+            self.decoder = EngineProcess(self.settings.to_args())
+            self.context_length = self.decoder.context_length
+        else:
+            model, self.processor = load_for_inference(
+                self.settings.checkpoint, device=self.settings.torch_device
+            )
+            engine = Engine(model, self.processor)
+            self.context_length = engine.context_length
+            self.decoder = DecodeLoop(engine, max_rows=self.settings.max_batch_size)
         self._admit.set_max_batch_size(self.settings.max_batch_size)
         self._admit.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         # The key from this replica's environment (Kubernetes: a Secret) or, failing that, the digest the
@@ -56,22 +65,29 @@ class ChatServer:
         own_key = os.environ.get(name) if name else None
         self.api_key_digest = key_digest(own_key) if own_key else (api_key_digest if name else None)
 
+    def __del__(self) -> None:
+        """Serve's replica shutdown: stop the engine process now rather than when it notices."""
+        if isinstance(getattr(self, "decoder", None), EngineProcess):
+            self.decoder.close(timeout_s=5)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
 
     def check_health(self) -> None:
-        """Serve's replica health check: a dead decoding thread means a replacement replica."""
+        """Serve's replica health check: a dead decoder means a replacement replica."""
         if not self.decoder.alive():
-            raise RuntimeError("the decoding thread has stopped")
+            raise RuntimeError("the decoder has stopped (its thread or engine process)")
 
     def decoding_stats(self) -> dict[str, int]:
         """Decode steps so far, rows decoded over them, requests admitted and not finished, prefill calls
-        (through a handle: `serve.get_app_handle(app).decoding_stats.remote()`)."""
+        (through a handle: `serve.get_app_handle(app).decoding_stats.remote()`), and 1 when decoding runs in an
+        engine process (0: a thread of the replica)."""
         return {
             "steps": self.decoder.steps,
             "rows_decoded": self.decoder.rows_decoded,
             "live": self.decoder.live,
             "prefills": self.decoder.prefills,
+            "engine_process": int(isinstance(self.decoder, EngineProcess)),
         }
 
     async def generate(self, prompt: Prompt) -> AsyncIterator[StepOutput]:
@@ -85,7 +101,7 @@ class ChatServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def _admit(self, prompts: list[Prompt]) -> list[RequestStream]:
         loop = asyncio.get_running_loop()
-        streams = [RequestStream(loop, self.settings.stream_interval_s) for _ in prompts]
+        streams = [self.decoder.stream(loop, self.settings.stream_interval_s) for _ in prompts]
         self.decoder.submit(prompts, streams)
         return streams
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from services.engine import Batch, Engine, Prompt, StepOutput
 
@@ -104,9 +104,12 @@ def _visible(output: StepOutput) -> bool:
 
 
 class DecodeLoop:
-    def __init__(self, engine: Engine, max_rows: int):
+    def __init__(self, engine: Engine, max_rows: int, after_step: Callable[[], None] | None = None):
         self.engine = engine
         self.max_rows = max_rows
+        # Called after each step's outputs are delivered, and before a prefill once the rows are flushed:
+        # services.engine_process sends the outputs from there to the replica.
+        self._after_step = after_step or (lambda: None)
         self._pending: deque[tuple[Prompt, RequestStream]] = deque()
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="mm1-decode", daemon=True)
@@ -124,6 +127,10 @@ class DecodeLoop:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    def stream(self, loop: asyncio.AbstractEventLoop, interval_s: float) -> RequestStream:
+        """A stream for one request submitted to this loop."""
+        return RequestStream(loop, interval_s)
 
     def _take(self, batch: Batch | None) -> list[tuple[Prompt, RequestStream]]:
         """Requests to admit now (blocks while there is nothing at all to do)."""
@@ -149,6 +156,7 @@ class DecodeLoop:
                     if batch is not None:  # a prefill takes many steps' time: send what is buffered first
                         for row in batch.rows:
                             row.tag.flush()
+                        self._after_step()
                     group, outputs = self.engine.prefill([p for p, _ in taken], [s for _, s in taken])
                     self.prefills += 1
                     self._deliver(group, outputs)
@@ -167,6 +175,8 @@ class DecodeLoop:
                 if batch is not None and not batch.live:
                     batch = None
                 self._count_live(batch)
+                self._after_step()
+                self._after_step()
             except Exception as exc:  # every live request learns of it; the loop carries on, empty
                 logger.exception("decoding failed")
                 streams = [row.tag for row in batch.rows] if batch is not None else []
@@ -175,6 +185,7 @@ class DecodeLoop:
                     stream.deliver(exc)
                 batch = None
                 self._count_live(batch)
+                self._after_step()
 
     def _count_live(self, batch: Batch | None) -> None:
         with self._wake:  # with submit's increment: a request is counted from the moment it is admitted

@@ -11,7 +11,7 @@ from mm1.model.connectors import build_connector
 from mm1.model.decoding import generate_answers
 from mm1.model.freeze import PARTS, apply_freeze, train_mode
 from mm1.model.info import format_model_info, model_info
-from mm1.model.loading import load_for_inference, save_for_inference
+from mm1.model.loading import load_for_inference, load_processor, save_for_inference
 from mm1.model.modeling import MM1CausalLMOutput, MM1ForConditionalGeneration, upcycle_to_moe
 from mm1.model.presets import PRESETS, build_mm1, mm1_config
 from mm1.model.processing import MM1Processor
@@ -37,6 +37,7 @@ __all__ = [
     "format_model_info",
     "generate_answers",
     "load_for_inference",
+    "load_processor",
     "mm1_config",
     "model_info",
     "save_for_inference",

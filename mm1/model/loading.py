@@ -35,10 +35,7 @@ def load_for_inference(
 ) -> tuple[MM1ForConditionalGeneration, MM1Processor]:
     """Load a checkpoint directory written by `save_for_inference`, in eval mode, on `device`. `path` is any
     mm1.storage location: a folder on an object store (s3://...) is copied to this machine once."""
-    path = Path(storage.local_copy(str(path)))
-    for name in ("config.json", PROCESSOR_FILE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not an MM1 checkpoint directory: {name} is missing")
+    path = _checkpoint_folder(path)
     model = MM1ForConditionalGeneration.from_pretrained(path, dtype=dtype or _default_dtype(device))
     model = model.to(device).eval()
     processor = MM1Processor.from_pretrained(path)
@@ -50,3 +47,17 @@ def load_for_inference(
             f"processor (image_size, image_grid, num_image_tokens)={found} does not match the model's {expected}"
         )
     return model, processor
+
+
+def load_processor(path: str | Path) -> MM1Processor:
+    """Only the processor of a checkpoint directory (a serving replica whose model lives in another process)."""
+    return MM1Processor.from_pretrained(_checkpoint_folder(path))
+
+
+def _checkpoint_folder(path: str | Path) -> Path:
+    """The checkpoint's local folder (copied from an object store once), checked to hold model and processor."""
+    path = Path(storage.local_copy(str(path)))
+    for name in ("config.json", PROCESSOR_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not an MM1 checkpoint directory: {name} is missing")
+    return path
