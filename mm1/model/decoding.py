@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from mm1.model.kv_cache import appendable, growing_cache, make_growing
+from mm1.model.kv_cache import appendable, growing_cache, make_growing, stacked_cache
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import MM1Processor
 
@@ -144,20 +144,11 @@ class Batch:
         self.compact()
         other.compact()
         length = max(self.mask.shape[1], other.mask.shape[1])
-
-        def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-            missing = length - t.shape[dim]
-            if not missing:
-                return t
-            widths = [0, 0] * (t.dim() - dim - 1) + [missing, 0]  # F.pad counts dimensions from the last
-            return F.pad(t, widths)
-
-        layers = [
-            (torch.cat([pad(a.keys, 2), pad(b.keys, 2)]), torch.cat([pad(a.values, 2), pad(b.values, 2)]))
-            for a, b in zip(self.cache.layers, other.cache.layers, strict=True)
-        ]
-        mask = torch.cat([pad(self.mask, 1), pad(other.mask, 1)])
-        return Batch(self.rows + other.rows, growing_cache(layers), mask, self.merged + [len(other.rows)])
+        groups = [[(layer.keys, layer.values) for layer in b.cache.layers] for b in (self, other)]
+        mask = torch.cat([F.pad(m, [length - m.shape[1], 0]) for m in (self.mask, other.mask)])
+        return Batch(
+            self.rows + other.rows, stacked_cache(groups, length), mask, self.merged + [len(other.rows)]
+        )
 
     @property
     def live(self) -> int:

@@ -4,9 +4,10 @@ DynamicLayer holds, without a copy of the whole cache per step."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
-from mm1.model.kv_cache import GrowingLayer, growing_cache
+from mm1.model.kv_cache import GrowingLayer, growing_cache, stacked_cache
 
 
 def states(rows: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,3 +45,17 @@ def test_a_cache_built_from_tensors_holds_them_and_appends():
     assert torch.equal(cache.layers[1].keys, keys + 1) and cache.get_seq_length() == 7
     cache.update(*states(2, 1, 4), layer_idx=0)
     assert cache.layers[0].keys.shape[-2] == 8 and cache.layers[1].keys.shape[-2] == 7
+
+
+def test_groups_of_rows_stack_left_padded_with_zeros_and_go_on_appending():
+    (k1, v1), (k2, v2) = states(3, 5, 6), states(2, 9, 7)
+    # Two layers per group; the second layer's states differ from the first's.
+    cache = stacked_cache([[(k1, v1), (k1 * 2, v1 * 2)], [(k2, v2), (k2 * 2, v2 * 2)]], 9)
+    expected_keys = torch.cat([F.pad(k1, [0, 0, 4, 0]), k2])
+    assert torch.equal(cache.layers[0].keys, expected_keys)
+    assert torch.equal(cache.layers[0].values, torch.cat([F.pad(v1, [0, 0, 4, 0]), v2]))
+    assert torch.equal(cache.layers[1].keys, expected_keys * 2)
+    step = states(5, 1, 8)
+    keys, values = cache.update(*step, layer_idx=0)
+    assert torch.equal(keys, torch.cat([expected_keys, step[0]], dim=-2))
+    assert torch.equal(values[:, :, -1:], step[1])

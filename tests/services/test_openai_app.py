@@ -259,6 +259,7 @@ def test_a_client_that_goes_away_mid_stream_stops_its_decoding(server):
 
     stats = serve.get_app_handle(APP).decoding_stats
     before = stats.remote().result()
+    assert before["engine_process"] == 1  # the default: decoding in the replica's engine process
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "hi"}],
