@@ -75,7 +75,10 @@ class EngineProcess:
         # The engine's counters as of its last message (services.scheduler.DecodeLoop's).
         self.steps = self.rows_decoded = self.prefills = self.live = 0
         _send(self._conn, ("start", settings_args))
-        kind, payload = _recv(self._conn)
+        try:
+            kind, payload = _recv(self._conn)
+        except (EOFError, OSError):  # it died before it could say why (its output is in the replica's log)
+            kind, payload = "failed", f"it exited with code {self._process.wait()} before it was ready"
         if kind != "ready":
             self._process.wait()
             raise RuntimeError(f"the engine process failed to start:\n{payload}")
