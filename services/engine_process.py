@@ -22,7 +22,6 @@ if the engine dies, every live request fails and the replica's health check fail
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import pickle
 import socket
@@ -31,14 +30,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 from services.engine import Prompt, StepOutput
 from services.scheduler import RequestStream
-
-logger = logging.getLogger("ray.serve")
 
 FLUSH = "flush"  # an engine -> replica item: send what this stream buffered (a long prefill comes next)
 
@@ -166,9 +163,10 @@ def _recv(conn: Connection) -> tuple:
 class _Outbox:
     """The engine's outputs since the last step, sent as one message."""
 
-    def __init__(self, conn: Connection, loop_stats):
+    def __init__(self, conn: Connection, loop_stats: Callable[[], tuple[int, ...]]):
         self._conn = conn
         self._stats = loop_stats
+        self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._items: list[tuple[int, Any]] = []
         self._sent_stats: tuple[int, ...] = ()
@@ -179,13 +177,15 @@ class _Outbox:
             self._items.append((request_id, item))
 
     def send(self) -> None:
-        """Send the outputs, or only the counters when they changed (a cancelled row leaves silently)."""
-        stats = self._stats()
-        with self._lock:
-            items, self._items = self._items, []
-        if items or stats != self._sent_stats:
-            _send(self._conn, ("out", items, stats))
-            self._sent_stats = stats
+        """Send the outputs, or only the counters when they changed (a cancelled row leaves silently).
+        The decoding thread calls it after each step, the receiving thread for a request that failed early."""
+        with self._send_lock:
+            stats = self._stats()
+            with self._lock:
+                items, self._items = self._items, []
+            if items or stats != self._sent_stats:
+                _send(self._conn, ("out", items, stats))
+                self._sent_stats = stats
 
 
 class _Tag:

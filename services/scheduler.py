@@ -176,7 +176,6 @@ class DecodeLoop:
                     batch = None
                 self._count_live(batch)
                 self._after_step()
-                self._after_step()
             except Exception as exc:  # every live request learns of it; the loop carries on, empty
                 logger.exception("decoding failed")
                 streams = [row.tag for row in batch.rows] if batch is not None else []
