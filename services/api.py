@@ -210,7 +210,8 @@ def check_fields(body: protocol.ChatCompletionRequest) -> None:
 def choices(
     body: protocol.ChatCompletionRequest, prompt: Prompt, constraint: grammar.JsonGrammar | None
 ) -> list[Prompt]:
-    """One prompt per choice (n): its own seed, its own grammar state, log-probabilities if asked."""
+    """One prompt per choice (n): its own seed, its own grammar state, log-probabilities if asked, and whether
+    its answer is streamed."""
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return [
         dataclasses.replace(
@@ -219,6 +220,7 @@ def choices(
                 prompt.params, seed=choice_seed(prompt.params.seed, i), logprobs=logprobs
             ),
             constraint=None if constraint is None else constraint if i == 0 else constraint.fresh(),
+            streamed=bool(body.stream),
         )
         for i in range(body.n)
     ]

@@ -35,6 +35,9 @@ class Prompt:
     pixel_values: torch.Tensor | None
     params: SamplingParams
     constraint: Constraint | None = None  # response_format's grammar (services.grammar), this choice's own
+    # False: the caller reads only the whole answer (a non-streamed request), so its stream need not wake the
+    # replica's event loop for the chunks in between.
+    streamed: bool = True
 
 
 @dataclass

@@ -20,6 +20,7 @@ model_name, + the ServeSettings fields} is what a RayService's serveConfigV2 nam
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -101,7 +102,11 @@ class ChatServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # replaced from the settings in __init__
     async def _admit(self, prompts: list[Prompt]) -> list[RequestStream]:
         loop = asyncio.get_running_loop()
-        streams = [self.decoder.stream(loop, self.settings.stream_interval_s) for _ in prompts]
+        # A non-streamed answer is read whole: its stream releases the first output and the last only.
+        streams = [
+            self.decoder.stream(loop, self.settings.stream_interval_s if p.streamed else math.inf)
+            for p in prompts
+        ]
         self.decoder.submit(prompts, streams)
         return streams
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import image_bytes
+from conftest import SERVE_HOST, image_bytes
 
 from mm1.data.preprocess import load_image
 from mm1.model import load_for_inference, load_processor
@@ -163,7 +163,6 @@ def test_an_engine_that_cannot_load_its_model_says_why(tmp_path, tiny_checkpoint
 
 def test_the_replica_can_decode_in_a_thread_instead(ray_session, serve_port, tiny_checkpoint):
     import openai
-    from conftest import SERVE_HOST
     from ray import serve
 
     from services.openai_app import build_app

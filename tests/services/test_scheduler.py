@@ -4,6 +4,7 @@ decoding failure reaches every live request without killing the loop."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 
@@ -161,6 +162,13 @@ def test_a_paced_stream_sends_the_end_when_it_is_decoded_not_an_interval_later()
     chunks, arrived, last_delivered = _paced_chunks(interval_s=1.0, steps=10, gap_s=0.01)
     assert [c.completion_tokens for c in chunks] == [1, 10]  # the first token, then the rest and the end
     assert arrived[-1] - last_delivered < 0.5  # held back, it would have waited out the 1 s interval
+
+
+def test_a_stream_read_whole_releases_the_first_output_and_the_end_only():
+    """A non-streamed request's stream (interval inf): the event loop wakes twice, not once per interval."""
+    chunks, _, _ = _paced_chunks(interval_s=math.inf, steps=30, gap_s=0.01)
+    assert [c.completion_tokens for c in chunks] == [1, 30]
+    assert "".join(c.text for c in chunks) == "".join(f"t{i} " for i in range(1, 31))
 
 
 def test_an_unpaced_stream_sends_steps_as_they_come():
