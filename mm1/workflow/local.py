@@ -16,6 +16,8 @@ from mm1.console import Console
 from mm1.workflow.runner import Log, run_workflow
 from mm1.workflow.steps import workflow_steps
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by Ray Train V2 (propagated to its workers)
+
 
 def run_local(
     wf: Workflow,
@@ -29,6 +31,11 @@ def run_local(
     the workers' output goes through it (progress shown, Ray's chatter to the run folder's log)."""
     from services.ingress import start_ray
 
+    if not os.environ.get("RAY_ADDRESS"):
+        # Ray Train's preemption watcher polls for nodes an autoscaler drains, one more actor per training
+        # stage, started while the stage's own workers start (and its start logs an error-level line). A Ray
+        # started here is this one machine, which nobody drains. An operator's own setting is kept.
+        os.environ.setdefault(PREEMPTION_WATCHER, "0")
     # Serve's ingress is fixed when Ray starts, long before the deploy step: it is chosen now. Logical CPUs
     # above the physical count let Ray Data's tasks run beside training workers that hold a CPU each; without
     # them, a 2-core laptop would deadlock data against training.
