@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from mm1.model.kv_cache import appendable, growing_cache, make_growing, stacked_cache
+from mm1.model.kv_cache import GrowingLayer, appendable, growing_cache, make_growing, stacked_cache
 from mm1.model.modeling import MM1ForConditionalGeneration
 from mm1.model.processing import MM1Processor
 
@@ -140,12 +140,18 @@ class Batch:
         return all(appendable(layer) for layer in self.cache.layers)
 
     def merge(self, other: Batch) -> Batch:
-        """This batch and `other` as one: both left-padded to the longer cache, rows concatenated."""
+        """This batch and `other` as one: both left-padded to the longer cache (without the leading columns
+        that are padding in every row of a batch), rows concatenated. The one copy of the whole cache."""
         self.compact()
         other.compact()
-        length = max(self.mask.shape[1], other.mask.shape[1])
-        groups = [[(layer.keys, layer.values) for layer in b.cache.layers] for b in (self, other)]
-        mask = torch.cat([F.pad(m, [length - m.shape[1], 0]) for m in (self.mask, other.mask)])
+        starts = [_first_real_column(b.mask) for b in (self, other)]
+        masks = [b.mask[:, start:] for b, start in zip((self, other), starts, strict=True)]
+        length = max(m.shape[1] for m in masks)
+        groups = [
+            [(layer.keys[:, :, start:], layer.values[:, :, start:]) for layer in b.cache.layers]
+            for b, start in zip((self, other), starts, strict=True)
+        ]
+        mask = torch.cat([F.pad(m, [length - m.shape[1], 0]) for m in masks])
         return Batch(
             self.rows + other.rows, stacked_cache(groups, length), mask, self.merged + [len(other.rows)]
         )
@@ -155,28 +161,61 @@ class Batch:
         return sum(not row.finished for row in self.rows)
 
     def drop_finished(self) -> None:
-        """Forget finished rows once they are a quarter of the batch (or all of it). Removing rows copies the
-        whole KV cache, so a few finished rows ride along, idle, rather than costing a copy per step."""
+        """Forget finished rows: at once where the cache removes rows in place (each finished row would
+        otherwise be computed at every step), else once they are a quarter of the batch (or all of it),
+        since removing rows then copies the whole KV cache."""
         finished = len(self.rows) - self.live
-        if finished and (finished == len(self.rows) or 4 * finished >= len(self.rows)):
+        if finished and (self._in_place() or finished == len(self.rows) or 4 * finished >= len(self.rows)):
             self.compact()
 
+    def _in_place(self) -> bool:
+        return all(isinstance(layer, GrowingLayer) and layer.owns_view() for layer in self.cache.layers)
+
     def compact(self) -> None:
-        """Remove finished rows, then the leading cache columns that are padding in every remaining row."""
+        """Remove finished rows. Where the cache allows (`GrowingLayer`s), in place: the live rows past the
+        last slot kept move into the finished rows' slots, so only they are copied (row order changes; the
+        leading columns that are padding in every row stay until a merge). Otherwise the live rows are copied
+        into a new cache, without those leading columns."""
         keep = [i for i, row in enumerate(self.rows) if not row.finished]
         if len(keep) == len(self.rows):
+            return
+        if keep and self._in_place():
+            self._compact_in_place(keep)
             return
         self.rows = [self.rows[i] for i in keep]
         if not keep:
             return
         index = torch.tensor(keep, device=self.mask.device)
-        real = self.mask[index].any(dim=0).nonzero()
-        start = int(real[0]) if len(real) else 0
+        start = _first_real_column(self.mask[index])
         self.mask = self.mask[index, start:]
         layers = [
             (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
         ]
         self.cache = growing_cache(layers)
+
+    @torch.inference_mode()  # the cache and mask are the decoder's inference tensors: updated in place
+    def _compact_in_place(self, keep: list[int]) -> None:
+        size = len(keep)
+        holes = [i for i in range(size) if self.rows[i].finished]
+        movers = [i for i in keep if i >= size]  # as many as holes
+        if movers:
+            sources = torch.tensor(movers, device=self.mask.device)
+            targets = torch.tensor(holes, device=self.mask.device)
+            for layer in self.cache.layers:
+                layer.move_rows(sources, targets)
+            self.mask[targets] = self.mask[sources]
+            for hole, mover in zip(holes, movers, strict=True):
+                self.rows[hole] = self.rows[mover]
+        for layer in self.cache.layers:
+            layer.keep_rows(size)
+        self.rows = self.rows[:size]
+        self.mask = self.mask[:size]
+
+
+def _first_real_column(mask: torch.Tensor) -> int:
+    """The first cache column that is real (1) in some row: the columns before it are padding everywhere."""
+    real = mask.any(dim=0).nonzero()
+    return int(real[0]) if len(real) else 0
 
 
 def suppress(logits: torch.Tensor, rows: Sequence[Row]) -> None:

@@ -48,6 +48,24 @@ class GrowingLayer(DynamicLayer):
             values[..., :length, :] = self.values
         self._key_buffer, self._value_buffer = keys, values
 
+    def owns_view(self) -> bool:
+        """Whether `keys`/`values` are still views of this layer's buffers (a DynamicLayer method such as
+        batch selection replaces them with tensors of its own until the next `update`)."""
+        return self._view is not None and self.keys is self._view
+
+    def move_rows(self, sources: torch.Tensor, targets: torch.Tensor) -> None:
+        """Copy the filled part of rows `sources` over rows `targets`, in place (`owns_view` layers)."""
+        length = self.keys.shape[-2]
+        for buffer in (self._key_buffer, self._value_buffer):
+            buffer[targets, :, :length] = buffer[sources, :, :length]
+
+    def keep_rows(self, rows: int) -> None:
+        """Keep the first `rows` rows (the buffers' rows past them become unused room)."""
+        length = self.keys.shape[-2]
+        self._key_buffer, self._value_buffer = self._key_buffer[:rows], self._value_buffer[:rows]
+        self.keys = self._view = self._key_buffer[..., :length, :]
+        self.values = self._value_buffer[..., :length, :]
+
     def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
         """Take these buffers as this layer's, their first `length` columns filled."""
         self.device, self.is_initialized = keys.device, True

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import image_bytes
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from mm1.data.preprocess import load_image
 from mm1.model import generate_answers, load_for_inference
@@ -104,14 +106,46 @@ def test_merging_and_dropping_rows_keeps_every_answer(loaded):
     assert texts == solo
 
 
-def test_a_few_finished_rows_ride_along_until_compaction(loaded):
+def test_a_finished_row_leaves_at_once_and_only_the_last_row_moves_into_its_slot(loaded):
+    _, processor, engine = loaded
+    prompts = [prompt(processor, TURNS_TEXT, [], max_tokens=1, temperature=0, ignore_eos=True)] + [
+        prompt(processor, TURNS_IMAGE, [load_image(image_bytes(seed=seed))], max_tokens=6, temperature=0)
+        for seed in range(4)
+    ]
+    solo = [run(engine, [p])[0][0] for p in prompts[1:]]
+    batch, first = engine.prefill(prompts)
+    rows = list(batch.rows)
+    texts = {id(row): out.text for row, out in zip(rows, first, strict=True)}
+    buffers = [layer._key_buffer.data_ptr() for layer in batch.cache.layers]
+    assert first[0].finish_reason == "length"
+    batch.drop_finished()
+    # The last row took the finished row's slot; the cache's buffers are the same (no copy of the others).
+    assert [id(row) for row in batch.rows] == [id(rows[i]) for i in (4, 1, 2, 3)]
+    assert [layer._key_buffer.data_ptr() for layer in batch.cache.layers] == buffers
+    assert batch.mask.shape[0] == 4 and all(layer.keys.shape[0] == 4 for layer in batch.cache.layers)
+    while batch.live:
+        for row, out in zip(batch.rows, engine.step(batch), strict=True):
+            if out is not None:
+                texts[id(row)] += out.text
+        batch.drop_finished()
+    assert [texts[id(row)] for row in rows[1:]] == solo and len(set(solo)) > 1
+
+
+def test_a_cache_that_cannot_drop_rows_in_place_lets_a_few_ride_along(loaded):
+    """A cache of plain DynamicLayers (a model whose own cache the decoder does not convert): removing
+    rows copies the whole cache, so a finished row rides along until a quarter of the batch has finished."""
     _, processor, engine = loaded
     prompts = [
         prompt(processor, TURNS_TEXT, [], max_tokens=n, temperature=0, ignore_eos=True)
         for n in (1, 6, 6, 6, 6)
     ]
-    batch, first = engine.prefill(prompts)
-    assert first[0].finish_reason == "length"
+    batch, _ = engine.prefill(prompts)
+    plain = DynamicCache()
+    for layer in batch.cache.layers:
+        copy = DynamicLayer()
+        copy.update(layer.keys.clone(), layer.values.clone())
+        plain.layers.append(copy)
+    batch.cache = plain
     batch.drop_finished()
     assert len(batch.rows) == 5 and batch.live == 4  # 1 of 5 finished: not worth a cache copy yet
     outputs = engine.step(batch)
