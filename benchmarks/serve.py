@@ -49,6 +49,8 @@ import base64
 import io
 import json
 import os
+import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -611,66 +613,71 @@ def main() -> None:
     ingress = prepare_local_ray(args.ingress)  # before Ray starts: every Ray process reads it at start-up
     print(f"Serve ingress: {ingress}")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    single: dict[str, dict[str, list[RequestResult]]] = {}
-    load_report = None
-    for label, batch in (("endpoint batched", args.max_batch_size), ("endpoint unbatched", 1)):
-        name = f"bench-{batch}"
-        url = start_endpoint(
-            checkpoint,
-            name,
-            args.port,
-            batch,
-            args.batch_wait,
-            args.torch_threads,
-            args.stream_interval,
-            args.engine == "process",
-        )
-        for c in args.concurrency:
-            if c == 1:
-                runs = asyncio.run(
-                    paired_single_requests(
-                        url, body, n_requests(1), args.max_tokens, model, processor, engine, png
+    # SIGTERM (`timeout`, a job scheduler) as Ctrl-C: Serve is shut down on the way out, so its HAProxy does
+    # not outlive this process holding the stats and metrics ports (the next local Ray could not use them).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        single: dict[str, dict[str, list[RequestResult]]] = {}
+        load_report = None
+        for label, batch in (("endpoint batched", args.max_batch_size), ("endpoint unbatched", 1)):
+            name = f"bench-{batch}"
+            url = start_endpoint(
+                checkpoint,
+                name,
+                args.port,
+                batch,
+                args.batch_wait,
+                args.torch_threads,
+                args.stream_interval,
+                args.engine == "process",
+            )
+            for c in args.concurrency:
+                if c == 1:
+                    runs = asyncio.run(
+                        paired_single_requests(
+                            url, body, n_requests(1), args.max_tokens, model, processor, engine, png
+                        )
                     )
+                    single[label] = runs
+                    rows.append(as_run(f"{label} (mbs {batch})", runs["stream"]).summary())
+                    continue
+                if batch > 1:
+                    bare_runs, endpoint_runs, plain_runs = paired_batched(
+                        url, body, c, n_requests(c), args.rounds, args.max_tokens, model, processor, png
+                    )
+                    for key, runs in (("streamed", endpoint_runs), ("not streamed", plain_runs)):
+                        pair_ratios[(c, key)] = [
+                            e.summary()["request_throughput"] / b.summary()["request_throughput"]
+                            for b, e in zip(bare_runs, runs, strict=True)
+                        ]
+                    rows.append(pooled("bare generate", bare_runs).summary())
+                    rows.append(pooled(f"{label} (mbs {batch})", endpoint_runs).summary())
+                    rows.append(pooled(f"{label}, not streamed (mbs {batch})", plain_runs).summary())
+                    continue
+                results, duration = asyncio.run(
+                    closed_loop(url, body, c, args.max_tokens, requests=n_requests(c))
                 )
-                single[label] = runs
-                rows.append(as_run(f"{label} (mbs {batch})", runs["stream"]).summary())
-                continue
-            if batch > 1:
-                bare_runs, endpoint_runs, plain_runs = paired_batched(
-                    url, body, c, n_requests(c), args.rounds, args.max_tokens, model, processor, png
+                rows.append(RunMetrics(f"{label} (mbs {batch})", c, results, duration).summary())
+            if args.json_schema_rows and batch > 1:
+                for c in args.json_concurrency:
+                    runs = asyncio.run(constrained_rounds(url, body, c, n_requests(c), args.rounds))
+                    constrained[c] = constrained_report(runs, c)
+            if args.load and batch > 1:
+                print(f"load: {args.load_clients} clients for {args.load_seconds:.0f} s ...", flush=True)
+                results, duration = asyncio.run(
+                    closed_loop(url, body, args.load_clients, args.max_tokens, seconds=args.load_seconds)
                 )
-                for key, runs in (("streamed", endpoint_runs), ("not streamed", plain_runs)):
-                    pair_ratios[(c, key)] = [
-                        e.summary()["request_throughput"] / b.summary()["request_throughput"]
-                        for b, e in zip(bare_runs, runs, strict=True)
-                    ]
-                rows.append(pooled("bare generate", bare_runs).summary())
-                rows.append(pooled(f"{label} (mbs {batch})", endpoint_runs).summary())
-                rows.append(pooled(f"{label}, not streamed (mbs {batch})", plain_runs).summary())
-                continue
-            results, duration = asyncio.run(
-                closed_loop(url, body, c, args.max_tokens, requests=n_requests(c))
-            )
-            rows.append(RunMetrics(f"{label} (mbs {batch})", c, results, duration).summary())
-        if args.json_schema_rows and batch > 1:
-            for c in args.json_concurrency:
-                runs = asyncio.run(constrained_rounds(url, body, c, n_requests(c), args.rounds))
-                constrained[c] = constrained_report(runs, c)
-        if args.load and batch > 1:
-            print(f"load: {args.load_clients} clients for {args.load_seconds:.0f} s ...", flush=True)
-            results, duration = asyncio.run(
-                closed_loop(url, body, args.load_clients, args.max_tokens, seconds=args.load_seconds)
-            )
-            health = httpx.get(url.removesuffix("/v1") + "/health", timeout=10)
-            load_report = {
-                **RunMetrics(f"load (mbs {batch})", args.load_clients, results, duration).summary(),
-                "healthy_after": health.status_code == 200,
-                "errors": sorted({r.error for r in results if not r.ok})[:5],
-            }
-        serve.delete(name)
-    serve.shutdown()
-    ray.shutdown()
+                health = httpx.get(url.removesuffix("/v1") + "/health", timeout=10)
+                load_report = {
+                    **RunMetrics(f"load (mbs {batch})", args.load_clients, results, duration).summary(),
+                    "healthy_after": health.status_code == 200,
+                    "errors": sorted({r.error for r in results if not r.ok})[:5],
+                }
+            serve.delete(name)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
     # Bare and engine rows at c=1 pool the rounds paired with both endpoint configurations.
     bare_1 = [r for runs in single.values() for r in runs["bare"]]
