@@ -22,7 +22,7 @@ import torch
 
 from mm1.model.decoding import Batch, Constraint, Decoder, Row, TokenLogprob
 from services.sampling import SamplingParams, make_generator, sample_next
-from services.textstream import TextStream
+from services.textstream import TextStream, answer_decoder
 
 __all__ = ["Batch", "Engine", "Prompt", "ServedRow", "StepOutput"]
 
@@ -61,8 +61,13 @@ class ServedRow(Row):
 
 
 class Engine(Decoder):
+    def __init__(self, model: Any, processor: Any):
+        super().__init__(model, processor)
+        # processor.decode's text (special tokens skipped), without the tokenizer wrapper's cost per call.
+        self._decode_answer = answer_decoder(processor.tokenizer)
+
     def decode(self, ids: list[int]) -> str:
-        return self.processor.decode(ids)
+        return self._decode_answer(ids)
 
     def _rows(self, prompts: Sequence[Prompt], tags: Sequence[Any] | None) -> list[ServedRow]:
         return [

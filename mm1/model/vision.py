@@ -94,8 +94,13 @@ class VisionTower(nn.Module):
             )
         kwargs = {"interpolate_pos_encoding": True} if self.image_size != self.native_size else {}
         dtype = next(self.model.parameters()).dtype
-        hidden = self.model(pixel_values=pixel_values.to(dtype), **kwargs).last_hidden_state
-        if hidden.dim() == 4:  # a convolutional tower's feature map [N, C, h, w]
-            return hidden.flatten(2).transpose(1, 2)
+        pixel_values = pixel_values.to(dtype)
+        if self.geometry.native_size is None:
+            # Convolutions run in channels-last layout from their input on (the layout propagates through
+            # the tower): the small ResNet's training step took 25-30% less time on a 2-core CPU.
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        hidden = self.model(pixel_values=pixel_values, **kwargs).last_hidden_state
+        if hidden.dim() == 4:  # a convolutional tower's feature map [N, C, h, w] -> [N, h * w, C]
+            return hidden.permute(0, 2, 3, 1).flatten(1, 2)
         # Patch tokens are the last num_patches positions (CLIP prepends one CLS token, SigLIP none).
         return hidden[:, -self.num_patches :]
