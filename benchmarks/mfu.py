@@ -10,7 +10,8 @@ is the model's, and `benchmarks/train.py` measures what the loop around it costs
 Printed (rank 0): step time (median of the measured steps), tokens/s (real positions; padding excluded,
 though these rows have none), images/s, peak memory (CUDA: max allocated; CPU: the process's max RSS), the
 step's training FLOPs split into vision tower + connector and LLM (mm1.model.info's definitions via
-mm1.train.mfu.flops_model), the device peak and MFU. The peak is the dense data-sheet figure for the
+mm1.train.mfu.flops_model; the LM head counted at the label positions only, where the step runs it), the
+device peak and MFU. The peak is the dense data-sheet figure for the
 precision (mm1.train.mfu.GPU_PEAK_FLOPS: H100/H200 989 TFLOP/s bf16, A100 312), summed over the devices;
 on a CPU it is a measured fp32 matmul probe and the figure is not a GPU one (the output says so).
 
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total_peak = None if unknown else peak_sum
 
     model.train()
-    times, tokens, sub_images = [], [], []
+    times, tokens, sub_images, labels = [], [], [], []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         stats = train_step(
@@ -203,11 +204,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
             tokens.append(stats.tokens)
             sub_images.append(stats.sub_images)
+            labels.append(stats.label_tokens)
     seconds = sum(times)
     step_tokens, step_images = statistics.mean(tokens), statistics.mean(sub_images)
-    llm_flops = flops.per_token * step_tokens
+    step_labels = statistics.mean(labels)
+    step_flops = flops.step_flops(step_tokens, step_images, step_labels)
     vision_flops = flops.per_sub_image * step_images
-    step_flops = flops.step_flops(step_tokens, step_images)
+    llm_flops = step_flops - vision_flops  # the LM head counted at label positions only, where it ran
     result = {
         "preset": preset,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

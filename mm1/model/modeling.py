@@ -11,6 +11,8 @@ Inputs follow one convention shared with mm1.data and the processor:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -161,10 +163,15 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        loss_only: bool = False,
         **kwargs,
     ) -> MM1CausalLMOutput:
         """`past_key_values` is accepted as the older name of `cache`. `num_items_in_batch` (the count of
-        label tokens over all gradient-accumulation micro-batches) turns the mean loss into sum / that count."""
+        label tokens over all gradient-accumulation micro-batches) turns the mean loss into sum / that count.
+        `loss_only` (with labels; training's step): the LM head runs only where a next token is to be
+        predicted, and no logits are returned."""
+        if loss_only and labels is None:
+            raise ValueError("loss_only needs labels")
         if cache is not None and past_key_values is not None:
             raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
         cache = cache if cache is not None else past_key_values
@@ -184,18 +191,26 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
         if docs is not None:
             llm_mask = packed_attention_mask(self.config.text_config, inputs_embeds, attention_mask, docs)
 
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=llm_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        # Position t predicts label t + 1: with loss_only the head sees only the positions whose next label
+        # counts (prompts, images and padding carry none: 60-75% of the quick start's positions).
+        predicting = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1)) if loss_only else None
+        with head_only_at(self.language_model.get_output_embeddings(), predicting):
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=llm_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
         logits = outputs.logits
 
-        lm_loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)
+        if predicting is not None:
+            lm_loss = token_loss(logits, labels[:, 1:][predicting[:, :-1]], num_items_in_batch)
+            logits = None
+        else:
+            lm_loss = None if labels is None else causal_lm_loss(logits, labels, num_items_in_batch)
         loss = lm_loss
         router = collect_router_losses(self.language_model) if self.config.moe_num_experts else None
         balance, z = router if router is not None else (None, None)
@@ -230,9 +245,31 @@ def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
     """Next-token cross-entropy in fp32 over labels != IGNORE_INDEX."""
-    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+    return token_loss(shift_logits, labels[:, 1:].reshape(-1), num_items_in_batch)
+
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy in fp32 of [N, vocab] logits against [N] targets (IGNORE_INDEX ones skipped): the mean,
+    or the sum / num_items_in_batch."""
+    logits, targets = logits.float(), targets.to(logits.device)
     if num_items_in_batch is None:
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
-    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / num_items_in_batch
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum") / num_items_in_batch
+
+
+@contextlib.contextmanager
+def head_only_at(head: nn.Module, positions: torch.Tensor | None) -> Iterator[None]:
+    """While inside, `head` (the LLM's output projection) runs only on the hidden states at `positions`
+    ([B, L] bool): its input [B, L, d] becomes [N, d], row-major. Whatever the causal LM does to the head's
+    output (a logit scale, soft-capping) still applies. None: unchanged."""
+    if positions is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: (args[0][positions], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()

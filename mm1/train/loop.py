@@ -249,7 +249,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "sub_images": stats.sub_images,
             "tokens_per_s": stats.tokens / elapsed,
             "images_per_s": stats.sub_images / crops / elapsed,
-            "mfu": mfu(flops.step_flops(stats.tokens, stats.sub_images), elapsed, total_peak),
+            "mfu": mfu(
+                flops.step_flops(stats.tokens, stats.sub_images, stats.label_tokens), elapsed, total_peak
+            ),
             "data_wait_fraction": wait / elapsed,
             "compute_fraction": compute / elapsed,
             "step_time_s": elapsed,

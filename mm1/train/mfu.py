@@ -34,9 +34,14 @@ class FlopsModel:
 
     per_token: float  # per real LLM position (text and image tokens alike)
     per_sub_image: float  # per encoded image or crop
+    # The LM head's share of per_token. Training's step runs the head only at positions with a label
+    # (MM1ForConditionalGeneration's loss_only), so given `label_tokens` it is counted there alone.
+    head_per_token: float = 0.0
 
-    def step_flops(self, tokens: int, sub_images: int) -> float:
-        return self.per_token * tokens + self.per_sub_image * sub_images
+    def step_flops(self, tokens: int, sub_images: int, label_tokens: int | None = None) -> float:
+        """Training FLOPs of a step; with `label_tokens`, the LM head's only at those positions."""
+        head = 0.0 if label_tokens is None else self.head_per_token * (label_tokens - tokens)
+        return self.per_token * tokens + head + self.per_sub_image * sub_images
 
 
 def flops_model(config, seq_len: int) -> FlopsModel:
@@ -44,9 +49,11 @@ def flops_model(config, seq_len: int) -> FlopsModel:
     from mm1.model.info import model_info
 
     info = model_info(config, seq_len=seq_len)
+    text = config.text_config
     return FlopsModel(
         per_token=float(info["flops_per_token"]),
         per_sub_image=float(info["flops_per_image"]) / config.sub_images_per_image,
+        head_per_token=6.0 * text.hidden_size * text.vocab_size,
     )
 
 

@@ -27,6 +27,7 @@ class StepStats:
     lr: float  # the LR this step used
     tokens: int  # real (non-padding) positions, all workers
     sub_images: int  # encoded images and crops, all workers
+    label_tokens: int = 0  # positions with a next-token loss, all workers (where the LM head ran)
 
 
 def label_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -66,7 +67,7 @@ def train_step(
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _sync_context(model, sync=i == last):
             with autocast or contextlib.nullcontext():
-                out = model(**batch, num_items_in_batch=scale)
+                out = model(**batch, num_items_in_batch=scale, loss_only=True)
                 # MoE router losses are per micro-batch means: average them over the accumulation.
                 loss = out.lm_loss + (out.loss - out.lm_loss) / len(micro_batches)
             loss.backward()
@@ -85,4 +86,5 @@ def train_step(
         lr=lr,
         tokens=int(tokens),
         sub_images=int(sub_images),
+        label_tokens=int(items),
     )

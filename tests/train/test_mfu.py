@@ -67,6 +67,10 @@ def test_mm1_3b_flops_per_token_is_6n_plus_attention():
 def test_mfu_is_flops_per_second_over_peak():
     flops = FlopsModel(per_token=100.0, per_sub_image=1000.0)
     assert flops.step_flops(tokens=10, sub_images=2) == 3000.0
+    # The LM head (here 40 of the 100 per token) counted only where it ran: 4 label positions of 10.
+    with_head = FlopsModel(per_token=100.0, per_sub_image=1000.0, head_per_token=40.0)
+    assert with_head.step_flops(tokens=10, sub_images=2, label_tokens=4) == 3000.0 - 6 * 40.0
+    assert with_head.step_flops(tokens=10, sub_images=2) == 3000.0
     assert mfu(3000.0, 2.0, 3000.0) == 0.5
     assert mfu(3000.0, 2.0, None) is None and mfu(1.0, 0.0, 1.0) is None
 

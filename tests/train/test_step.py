@@ -52,6 +52,32 @@ def test_step_reports_loss_before_the_update_and_the_lr_it_used(tokenizer):
     assert all(p.grad is None for p in model.parameters()), "gradients are cleared after the step"
 
 
+def test_loss_only_runs_the_head_at_label_positions_with_the_full_forwards_loss_and_gradients(tokenizer):
+    model = make_model(tokenizer)
+    batch = _batches(model, [5])[0]
+    full = model(**batch, num_items_in_batch=7.0)
+    full.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    head_rows = []
+    head = model.language_model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[:-1]))
+    out = model(**batch, num_items_in_batch=7.0, loss_only=True)
+    out.loss.backward()
+    assert out.logits is None
+    assert head_rows == [torch.Size([label_tokens(batch)])]
+    assert label_tokens(batch) < batch["attention_mask"].sum()  # the test needs positions without a label
+    torch.testing.assert_close(out.loss, full.loss, atol=1e-6, rtol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+    head_rows.clear()
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape  # the head's filter is gone again
+    assert head_rows == [batch["input_ids"].shape]
+    handle.remove()
+    with pytest.raises(ValueError, match="loss_only needs labels"):
+        model(**{k: v for k, v in batch.items() if k != "labels"}, loss_only=True)
+
+
 def test_grad_clip_bounds_the_update(tokenizer):
     model = make_model(tokenizer)
     before = [p.detach().clone() for p in model.parameters()]
