@@ -88,6 +88,7 @@ def steady(rows: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "seconds": seconds,
         "tokens": tokens,
         "sub_images": sum(r["sub_images"] for r in window),
+        "label_tokens": sum(r["label_tokens"] for r in window),
         "tokens_per_s": tokens / seconds,
         "median_step_s": median_step,
         "tokens_per_s_median": statistics.median(r["tokens"] for r in window) / median_step,
@@ -255,7 +256,13 @@ class PlainLoop:
                 model, optimizer, scheduler, [batch], device=torch.device("cpu"), grad_clip=1.0
             )
             rows.append(
-                {"step": step, "time": time.time(), "tokens": stats.tokens, "sub_images": stats.sub_images}
+                {
+                    "step": step,
+                    "time": time.time(),
+                    "tokens": stats.tokens,
+                    "sub_images": stats.sub_images,
+                    "label_tokens": stats.label_tokens,
+                }
             )
         return rows
 
@@ -320,10 +327,11 @@ def main() -> None:
 
     def model_mfu(run: dict[str, Any]) -> tuple[float, float]:
         """(LLM tokens only, tokens + encoded images) FLOP/s at the median step's token rate over the peak;
-        images count at the run's images-per-token ratio."""
+        images and label positions (where the LM head runs) count at the run's ratios to tokens."""
         tok_s = run["tokens_per_s_median"]
         img_s = tok_s * run["sub_images"] / run["tokens"]
-        return flops.per_token * tok_s / peak, flops.step_flops(tok_s, img_s) / peak
+        label_s = tok_s * run["label_tokens"] / run["tokens"]
+        return flops.step_flops(tok_s, 0, label_s) / peak, flops.step_flops(tok_s, img_s, label_s) / peak
 
     def ratio(a: str, b: str, key: str) -> float:
         return max(r[key] for r in runs[a]) / max(r[key] for r in runs[b])

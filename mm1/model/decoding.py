@@ -173,9 +173,10 @@ class Batch:
 
     def compact(self) -> None:
         """Remove finished rows. Where the cache allows (`GrowingLayer`s), in place: the live rows past the
-        last slot kept move into the finished rows' slots, so only they are copied (row order changes; the
-        leading columns that are padding in every row stay until a merge). Otherwise the live rows are copied
-        into a new cache, without those leading columns."""
+        last slot kept move into the finished rows' slots, so only they are copied (row order changes), and
+        the leading columns that are now padding in every row (the longest row left) are dropped from the
+        cache's views without a copy. Otherwise the live rows are copied into a new cache, without those
+        leading columns."""
         keep = [i for i, row in enumerate(self.rows) if not row.finished]
         if len(keep) == len(self.rows):
             return
@@ -210,6 +211,11 @@ class Batch:
             layer.keep_rows(size)
         self.rows = self.rows[:size]
         self.mask = self.mask[:size]
+        start = _first_real_column(self.mask)
+        if start:
+            for layer in self.cache.layers:
+                layer.drop_leading(start)
+            self.mask = self.mask[:, start:]
 
 
 def _first_real_column(mask: torch.Tensor) -> int:

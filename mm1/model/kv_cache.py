@@ -66,6 +66,15 @@ class GrowingLayer(DynamicLayer):
         self.keys = self._view = self._key_buffer[..., :length, :]
         self.values = self._value_buffer[..., :length, :]
 
+    def drop_leading(self, columns: int) -> None:
+        """Forget the first `columns` columns of every row (padding in all of them) without a copy: the
+        buffers become views starting past them, so attention stops reading them."""
+        length = self.keys.shape[-2]
+        self._key_buffer = self._key_buffer[..., columns:, :]
+        self._value_buffer = self._value_buffer[..., columns:, :]
+        self.keys = self._view = self._key_buffer[..., : length - columns, :]
+        self.values = self._value_buffer[..., : length - columns, :]
+
     def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
         """Take these buffers as this layer's, their first `length` columns filled."""
         self.device, self.is_initialized = keys.device, True

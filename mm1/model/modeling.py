@@ -192,7 +192,7 @@ class MM1ForConditionalGeneration(MM1PreTrainedModel, GenerationMixin):
             llm_mask = packed_attention_mask(self.config.text_config, inputs_embeds, attention_mask, docs)
 
         # Position t predicts label t + 1: with loss_only the head sees only the positions whose next label
-        # counts (prompts, images and padding carry none: 60-75% of the quick start's positions).
+        # counts (prompts, images and padding carry none).
         predicting = F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1)) if loss_only else None
         with head_only_at(self.language_model.get_output_embeddings(), predicting):
             outputs = self.language_model(

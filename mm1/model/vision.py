@@ -97,7 +97,8 @@ class VisionTower(nn.Module):
         pixel_values = pixel_values.to(dtype)
         if self.geometry.native_size is None:
             # Convolutions run in channels-last layout from their input on (the layout propagates through
-            # the tower): the small ResNet's training step took 25-30% less time on a 2-core CPU.
+            # the tower): tiny-cnn's forward and backward over 120 images at 64 px took 0.16 s instead of
+            # 0.22 s on a 2-core CPU (the quick start's whole pre-training step 6-10% less).
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         hidden = self.model(pixel_values=pixel_values, **kwargs).last_hidden_state
         if hidden.dim() == 4:  # a convolutional tower's feature map [N, C, h, w] -> [N, h * w, C]

@@ -247,6 +247,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "grad_norm": stats.grad_norm,
             "tokens": stats.tokens,
             "sub_images": stats.sub_images,
+            "label_tokens": stats.label_tokens,
             "tokens_per_s": stats.tokens / elapsed,
             "images_per_s": stats.sub_images / crops / elapsed,
             "mfu": mfu(

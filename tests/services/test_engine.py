@@ -116,12 +116,12 @@ def test_a_finished_row_leaves_at_once_and_only_the_last_row_moves_into_its_slot
     batch, first = engine.prefill(prompts)
     rows = list(batch.rows)
     texts = {id(row): out.text for row, out in zip(rows, first, strict=True)}
-    buffers = [layer._key_buffer.data_ptr() for layer in batch.cache.layers]
+    buffers = [layer._key_buffer.untyped_storage().data_ptr() for layer in batch.cache.layers]
     assert first[0].finish_reason == "length"
     batch.drop_finished()
     # The last row took the finished row's slot; the cache's buffers are the same (no copy of the others).
     assert [id(row) for row in batch.rows] == [id(rows[i]) for i in (4, 1, 2, 3)]
-    assert [layer._key_buffer.data_ptr() for layer in batch.cache.layers] == buffers
+    assert [layer._key_buffer.untyped_storage().data_ptr() for layer in batch.cache.layers] == buffers
     assert batch.mask.shape[0] == 4 and all(layer.keys.shape[0] == 4 for layer in batch.cache.layers)
     while batch.live:
         for row, out in zip(batch.rows, engine.step(batch), strict=True):
@@ -129,6 +129,43 @@ def test_a_finished_row_leaves_at_once_and_only_the_last_row_moves_into_its_slot
                 texts[id(row)] += out.text
         batch.drop_finished()
     assert [texts[id(row)] for row in rows[1:]] == solo and len(set(solo)) > 1
+
+
+def test_when_the_longest_row_leaves_the_columns_only_it_used_are_dropped_without_a_copy(loaded):
+    """Attention stops reading the leading columns that became padding in every row, and no answer changes."""
+    _, processor, engine = loaded
+    long = prompt(processor, TURNS_TEXT, [], max_tokens=2, temperature=0, ignore_eos=True)
+    short = [
+        prompt(
+            processor,
+            TURNS_IMAGE,
+            [load_image(image_bytes(seed=n))],
+            max_tokens=n,
+            temperature=0,
+            ignore_eos=True,
+        )
+        for n in (7, 8)
+    ]
+    shortest = len(short[0].input_ids)
+    assert len(long.input_ids) > shortest + 5, "the test needs a much longer first prompt"
+    solo = [run(engine, [p])[0][0] for p in [long, *short]]
+    batch, first = engine.prefill([long, *short])
+    rows = list(batch.rows)
+    texts = {id(row): out.text for row, out in zip(rows, first, strict=True)}
+    buffers = [layer._key_buffer.untyped_storage().data_ptr() for layer in batch.cache.layers]
+    lengths = []
+    while batch.live:
+        for row, out in zip(batch.rows, engine.step(batch), strict=True):
+            if out is not None:
+                texts[id(row)] += out.text
+        batch.drop_finished()
+        lengths.append(batch.mask.shape[1])
+        assert all(layer.keys.shape[-2] == batch.mask.shape[1] for layer in batch.cache.layers)
+    # After step 1 the long row (2 tokens) is gone: the cache holds the short rows' prompt and the token each
+    # was fed, not the long row's prompt.
+    assert lengths[:3] == [shortest + 1, shortest + 2, shortest + 3]
+    assert [layer._key_buffer.untyped_storage().data_ptr() for layer in batch.cache.layers] == buffers
+    assert [texts[id(row)] for row in rows] == solo
 
 
 def test_a_cache_that_cannot_drop_rows_in_place_lets_a_few_ride_along(loaded):
