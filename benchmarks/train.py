@@ -161,7 +161,7 @@ def ingest(workdir: Path, scale: float) -> Path:
     out = workdir / f"ingest-{scale:g}"
     if not (out / "stats.json").exists():
         text = WORKFLOW.format(captions=int(1000 * scale), docs=int(200 * scale), texts=int(300 * scale))
-        run_ingest(loads(text), out, progress=False)
+        run_ingest(loads(text).data, out, progress=False)
     return out
 
 
