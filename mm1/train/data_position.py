@@ -63,9 +63,10 @@ def micro_batches(
 
     `shard` is a Ray DataIterator (`ray.train.get_dataset_shard`); rows are packed by mm1.data.loader and
     collated there. With `shuffle_buffer` rows, each pass is shuffled through a buffer of that many rows,
-    seeded by `seed` + the pass number, so passes differ. Ray fills the buffer as blocks arrive, so the order
-    repeats only as far as that timing does: a resumed run skips the right number of micro-batches, not
-    necessarily the same rows (as with several workers, above). A pass that yields nothing is an error (too
+    seeded by `seed` + the pass number, so passes differ. Blocks arrive in the dataset's own order
+    (mm1.data.loader and mm1.train.launch.ordered_ingest keep it), so with one worker a pass is the same rows
+    in the same order on every run, and a resumed run skips exactly the rows it trained on; with several
+    workers, the count only (above). A pass that yields nothing is an error (too
     little data for one micro-batch). `collate` (default mm1.data.loader.collate_packed) makes the tensors:
     pass `PackedCollate.for_processor(processor)` so pixels are normalized with the model's own statistics.
     """

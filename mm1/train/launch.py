@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mm1 import storage
@@ -125,7 +125,17 @@ def build_trainer(
             checkpoint_config=CheckpointConfig(num_to_keep=stage.keep_checkpoints),
         ),
         datasets={"train": dataset},
+        dataset_config=ordered_ingest(),
     )
+
+
+def ordered_ingest() -> DataConfig:
+    """Ray Train's default ingest options with `preserve_order`: Train replaces a dataset's own execution
+    options with these, and without it a streamed (not materialized) dataset reaches the workers in the
+    order its tasks finish. With one worker, a stage's rows then come in the same order on every run."""
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return DataConfig(execution_options=options)
 
 
 def model_config(model: ModelConfig | Mapping[str, Any]) -> ModelConfig:

@@ -189,3 +189,41 @@ def test_loader_errors_are_loud(shapes_ingest, tmp_path):
             max_images=2,
             seed=0,
         )
+
+
+def test_rows_leave_in_the_seeded_row_group_order_not_in_finishing_order(shapes_ingest, tmp_path):
+    """A row group 40 times the size of the others is packed last of all; when the seed puts it first, the
+    training stream (materialized, as a stage holds it) still starts with its rows, every time."""
+    out, _ = shapes_ingest
+    source = pq.read_table(glob.glob(str(out / "pretrain" / "*.parquet"))[0])
+    shards = tmp_path / "ingest" / "pretrain"
+    shards.mkdir(parents=True)
+    (tmp_path / "ingest" / "tokenizer").symlink_to(out / "tokenizer")
+    small = 8
+    pq.write_table(pa.concat_tables([source.slice(0, small)] * 40), shards / "part-0.parquet")
+    for i in range(1, 7):
+        pq.write_table(source.slice(i * small, small), shards / f"part-{i}.parquet")
+    # The seed whose permutation of the 7 row groups (one per file, files in name order) starts with the big one.
+    seed = next(s for s in range(1000) if np.random.default_rng(s).permutation(7)[0] == 0)
+
+    def stream(folder) -> list[str]:
+        ds = build_train_dataset(
+            str(folder),
+            image_size=32,
+            image_grid=1,
+            image_tokens_per_image=TOKENS,
+            seq_len=SEQ_LEN,
+            max_images=MAX_IMAGES,
+            seed=seed,
+        ).materialize()
+        return [digest(r["input_ids"]) for r in rows_of(ds)]
+
+    rows = stream(shards)
+    big_only = tmp_path / "big" / "pretrain"
+    big_only.mkdir(parents=True)
+    (tmp_path / "big" / "tokenizer").symlink_to(out / "tokenizer")
+    (big_only / "part-0.parquet").symlink_to(shards / "part-0.parquet")
+    big_rows = stream(big_only)
+    assert len(rows) > len(big_rows) > 10
+    assert rows[: len(big_rows)] == big_rows
+    assert stream(shards) == rows
