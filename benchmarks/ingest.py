@@ -11,7 +11,9 @@ resize (mm1.data.preprocess) -> normalize (to_pixel_values) -> batch (collate_pa
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -135,7 +137,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="", help="keep the corpus and shards here (default: a temp dir)")
     args = parser.parse_args()
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="mm1-bench-"))
+    if args.workdir:
+        work = Path(args.workdir)
+    else:  # the corpus and shards are only this run's
+        work = Path(tempfile.mkdtemp(prefix="mm1-bench-"))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     wf = Workflow(name="bench")
     for field in SIZE_FIELDS:
         setattr(wf.data.shapes, field, max(1, round(getattr(wf.data.shapes, field) * args.scale)))

@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import base64
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -592,7 +594,12 @@ def main() -> None:
     from services.engine import Engine
 
     torch.set_num_threads(args.torch_threads)
-    checkpoint = args.checkpoint or make_checkpoint(Path(tempfile.mkdtemp(prefix="mm1-bench-")) / "tiny")
+    if args.checkpoint:
+        checkpoint = args.checkpoint
+    else:  # a random-init model made for this run, removed with it
+        scratch = tempfile.mkdtemp(prefix="mm1-bench-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        checkpoint = make_checkpoint(Path(scratch) / "tiny")
     model, processor = load_for_inference(checkpoint)
     engine = Engine(model, processor)
     png = benchmark_image()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -16,7 +18,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 # What the platform caches between runs (the best CPU peak probe) stays out of the user's home; set before
 # any Ray starts, so training workers see it too.
-os.environ.setdefault("MM1_CACHE_DIR", tempfile.mkdtemp(prefix="mm1-test-cache-"))
+if "MM1_CACHE_DIR" not in os.environ:
+    _TEST_CACHE = tempfile.mkdtemp(prefix="mm1-test-cache-")
+    os.environ["MM1_CACHE_DIR"] = _TEST_CACHE
+    # Removed when this process ends (each session used to leave its folder in /tmp).
+    atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

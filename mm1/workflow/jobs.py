@@ -73,8 +73,6 @@ def submit_job(
         root = str(Path(root).resolve())
         overrides.append(f"storage.root={root}")
         log(f"storage.root '{wf.storage.root}' is relative: the job writes to {root}")
-    staging = Path(tempfile.mkdtemp(prefix="mm1-job-"))
-    shutil.copy(workflow_path, staging / "workflow.yaml")
     submission_id = f"mm1-{wf.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     entrypoint = " ".join(
         [
@@ -85,12 +83,15 @@ def submit_job(
     )
     run_dir = storage.join(root, wf.run_name)
     job_client = client(address)
-    job_client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id,
-        runtime_env={"working_dir": str(staging), "py_modules": _package_dirs()},
-        metadata={"workflow": wf.name, "run_dir": run_dir, "workflow_file": str(workflow_path)},
-    )
+    # The working_dir is packed and uploaded by submit_job itself, so the staging folder can go after it.
+    with tempfile.TemporaryDirectory(prefix="mm1-job-") as staging:
+        shutil.copy(workflow_path, Path(staging) / "workflow.yaml")
+        job_client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=submission_id,
+            runtime_env={"working_dir": staging, "py_modules": _package_dirs()},
+            metadata={"workflow": wf.name, "run_dir": run_dir, "workflow_file": str(workflow_path)},
+        )
     log(f"submitted job {submission_id} to {address} (run folder {run_dir})")
     log(
         f"  mm1 status {submission_id} --address {address}   |   mm1 logs {submission_id} --address {address} -f"
