@@ -68,6 +68,7 @@ def test_a_healthy_run_on_a_terminal_reads_cleanly(tmp_path):
     # the file, not the screen; transformers' weight-loading bars are off.
     assert not [line for line in lines if re.search(r"\bINFO\b.* -- ", line)]
     assert not [line for line in lines if "Loading weights" in line]
+    assert not [line for line in lines if re.search(r"\w+Warning: ", line)]  # no Python warning on screen
     summary = "\n".join(lines[-20:])
     assert "winner: " in summary and f"endpoint: http://127.0.0.1:{port}/v1" in summary
     assert "report: " in summary and "Ray's own logs of this run: " in summary

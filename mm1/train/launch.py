@@ -7,6 +7,7 @@ last checkpoint (Ray Train hands it to the loop through `ray.train.get_checkpoin
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import re
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from ray.data import DataContext
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -130,10 +132,12 @@ def build_trainer(
 
 
 def ordered_ingest() -> DataConfig:
-    """Ray Train's default ingest options with `preserve_order`: Train replaces a dataset's own execution
-    options with these, and without it a streamed (not materialized) dataset reaches the workers in the
-    order its tasks finish. With one worker, a stage's rows then come in the same order on every run."""
-    options = DataConfig.default_ingest_options()
+    """The driver's Ray Data execution options with `preserve_order`: Train replaces a dataset's own options
+    with its ingest options, and without it a streamed (not materialized) dataset reaches the workers in the
+    order its tasks finish. With one worker, a stage's rows then come in the same order on every run.
+    (A copy of the context's options, not `DataConfig.default_ingest_options()`: in Ray 2.60 that passes the
+    deprecated `exclude_resources` and prints a RayDeprecationWarning on the console.)"""
+    options = copy.deepcopy(DataContext.get_current().execution_options)
     options.preserve_order = True
     return DataConfig(execution_options=options)
 

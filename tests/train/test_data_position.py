@@ -122,3 +122,22 @@ def test_shuffled_passes_differ_and_a_resumed_pass_skips_its_count(ray_session):
     # Blocks in a fixed order (mm1.data.loader keeps the seeded order) and a seeded buffer: the resumed pass
     # is exactly the rest of the uninterrupted one, row for row.
     assert rest == sum(second[2:], [])
+
+
+def test_train_ingest_keeps_the_dataset_order_and_prints_no_warning():
+    """Ray Train applies its own execution options to a stage's dataset: ours keep blocks in order (a
+    streamed dataset would otherwise reach the worker in task-finishing order) and are built without
+    Ray 2.60's deprecated `exclude_resources` argument, whose warning reached the quick start's console."""
+    import warnings
+
+    from ray.data import DataContext
+
+    from mm1.train.launch import ordered_ingest
+
+    DataContext.get_current()  # built first: its own deprecation notices are not ours
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        options = ordered_ingest()._resolve_execution_options("train")
+    assert options.preserve_order
+    assert options.resource_limits == DataContext.get_current().execution_options.resource_limits
+    assert not [w for w in caught if "ray" in w.filename.lower() or "mm1" in w.filename.lower()], caught
