@@ -11,7 +11,7 @@ Runs the command as a subprocess (its console passes through) and prints:
   exists and count_all (issue 18's target: 0.85 or more, every type above its baseline).
 
     .venv/bin/python benchmarks/quickstart.py [--workflow workflows/quickstart.yaml] [KEY=VALUE ...]
-    .venv/bin/python benchmarks/quickstart.py --seeds 0 1 2 [KEY=VALUE ...]   # a recipe over training draws
+    .venv/bin/python benchmarks/quickstart.py --seeds 0,1,2 [KEY=VALUE ...]   # a recipe over training draws
 
 Training is reproducible (the same rows in the same order, seeded initial weights), so a run of one recipe
 on one machine gives the same scores every time, and a single run says only how that one training draw
@@ -198,15 +198,25 @@ def seed_summary(results: list[QuickstartResult]) -> list[str]:
     return lines
 
 
+def seed_list(text: str) -> list[int]:
+    """`--seeds 0,1,2`: comma-separated, so that KEY=VALUE overrides may follow it on the command line."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 0,1,2, got {text!r}"
+        ) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workflow", type=Path, default=ROOT / "workflows" / "quickstart.yaml")
     parser.add_argument("--root", help="run folder root (default: a fresh temporary folder)")
     parser.add_argument(
         "--seeds",
-        type=int,
-        nargs="+",
-        help="one run per seed (pretrain.seed and sft.seed), one after the other, then the spread per type",
+        type=seed_list,
+        help="comma-separated, e.g. 0,1,2: one run per seed (pretrain.seed and sft.seed), one after the "
+        "other, then the spread per type",
     )
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides, as for mm1 run")
     args = parser.parse_args()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,10 @@ def test_seed_summary_gives_each_type_per_seed_mean_min_and_seeds_above_baseline
     (means,) = [line for line in lines if line.startswith("mean of the four")]
     assert means.split()[4:6] == ["0.90", "0.80"] and "target 0.85: 1/2 seeds" in means
     assert lines[-1].split()[-2:] == ["353", "408"]
+
+
+def test_seeds_are_comma_separated_so_overrides_can_follow():
+    bench = _bench_module()
+    assert bench.seed_list("0,1,2") == [0, 1, 2]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        bench.seed_list("sft.steps=450")
